@@ -1,0 +1,1 @@
+"""tf_mistral: Mistral-7B for TensorFlow / Keras 3."""

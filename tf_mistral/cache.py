@@ -1,0 +1,70 @@
+"""The fixed-size KV cache: one K and one V tensor per layer, a ring buffer under a sliding window.
+
+Layout (shared by `generate`, the SavedModel and the TFLite signatures, which is the layout
+LiteRT-LM reads):
+    K: `[batch, kv_heads, cache_length, head_dim]`
+    V: `[batch, kv_heads, head_dim, cache_length]`
+Position p lives in slot `p % cache_length`. The cache holds no positions: a forward that starts
+at position `start` knows that every slot holds the newest position before `start` congruent to
+it (`slot_positions`), and a negative position marks a slot never written. Positions here count
+columns of the (left-padded) batch; padding is masked by each row's `pad_start`.
+"""
+
+from keras import ops
+
+
+def cache_length(max_length, sliding_window):
+    """Slots needed: the window when there is one (a rolling buffer), else `max_length`."""
+    if sliding_window is None:
+        return int(max_length)
+    return int(min(max_length, sliding_window))
+
+
+def empty_cache(config, batch_size, length, dtype):
+    """A list of `num_hidden_layers` pairs `(K, V)` of zeros in the layout above."""
+    k_shape = (batch_size, config.num_key_value_heads, length, config.head_dim)
+    v_shape = (batch_size, config.num_key_value_heads, config.head_dim, length)
+    return [
+        (ops.zeros(k_shape, dtype=dtype), ops.zeros(v_shape, dtype=dtype))
+        for _ in range(config.num_hidden_layers)
+    ]
+
+
+def slot_positions(start, length):
+    """int32 `[length]`: the position each slot holds before writing at `start` (< 0: empty)."""
+    last = ops.cast(start, "int32") - 1
+    slots = ops.arange(length, dtype="int32")
+    return last - ops.mod(last - slots, length)
+
+
+def write(k_cache, v_cache, k_new, v_new, start):
+    """Writes a chunk of keys/values for positions `start .. start + seq - 1`.
+
+    Args:
+        k_cache: `[batch, kv_heads, length, head_dim]`.
+        v_cache: `[batch, kv_heads, head_dim, length]`.
+        k_new: `[batch, kv_heads, seq, head_dim]`, same dtype.
+        v_new: `[batch, kv_heads, head_dim, seq]`.
+        start: int32 scalar, position of the chunk's first entry.
+
+    Returns:
+        The updated `(k_cache, v_cache)`. Only the chunk's last `length` entries are kept.
+        A single step is one `slice_update` (TFLite DYNAMIC_UPDATE_SLICE); a longer chunk may wrap
+        around the ring, so it is a gather of the chunk and a select per slot.
+    """
+    length = k_cache.shape[2]
+    seq = k_new.shape[2]
+    start = ops.cast(start, "int32")
+    if seq == 1:
+        slot = ops.mod(start, length)
+        zero = ops.zeros((), dtype="int32")
+        k_cache = ops.slice_update(k_cache, [zero, zero, slot, zero], k_new)
+        v_cache = ops.slice_update(v_cache, [zero, zero, zero, slot], v_new)
+        return k_cache, v_cache
+    # Slot s receives the chunk's newest position congruent to s, if the chunk reaches it.
+    newest = slot_positions(start + seq, length)
+    written = newest >= start
+    source = ops.clip(newest - start, 0, seq - 1)
+    k_cache = ops.where(written[:, None], ops.take(k_new, source, axis=2), k_cache)
+    v_cache = ops.where(written, ops.take(v_new, source, axis=3), v_cache)
+    return k_cache, v_cache

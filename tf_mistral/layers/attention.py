@@ -1,0 +1,94 @@
+"""Grouped-query self-attention with rotary embeddings, a band mask and the fixed-size KV cache.
+
+Query head h reads key/value head `h // groups`. K/V are never repeated: the queries of one group
+are stacked along the sequence axis (`[batch, kv_heads, groups * seq, head_dim]`) and contracted
+against their shared head.
+"""
+
+import keras
+from keras import ops
+
+from tf_mistral import cache as kv_cache
+from tf_mistral.layers.rotary import apply_rotary_embedding
+
+_MASKED = -1e30  # finite, so a row with no visible key (padding) yields a uniform softmax, not NaN
+
+
+@keras.saving.register_keras_serializable(package="tf_mistral")
+class MistralAttention(keras.layers.Layer):
+    """Self-attention of one decoder layer: `q_proj`, `k_proj`, `v_proj`, `o_proj` (no biases)."""
+
+    def __init__(self, hidden_size, num_attention_heads, num_key_value_heads, head_dim, **kwargs):
+        super().__init__(**kwargs)
+        self.hidden_size = hidden_size
+        self.num_attention_heads = num_attention_heads
+        self.num_key_value_heads = num_key_value_heads
+        self.head_dim = head_dim
+        self.groups = num_attention_heads // num_key_value_heads
+        dense = dict(use_bias=False, dtype=self.dtype_policy)
+        self.q_proj = keras.layers.Dense(num_attention_heads * head_dim, name="q_proj", **dense)
+        self.k_proj = keras.layers.Dense(num_key_value_heads * head_dim, name="k_proj", **dense)
+        self.v_proj = keras.layers.Dense(num_key_value_heads * head_dim, name="v_proj", **dense)
+        self.o_proj = keras.layers.Dense(hidden_size, name="o_proj", **dense)
+
+    def build(self, input_shape):
+        for projection in (self.q_proj, self.k_proj, self.v_proj):
+            projection.build(input_shape)
+        self.o_proj.build((*input_shape[:-1], self.num_attention_heads * self.head_dim))
+
+    def call(self, x, cos, sin, mask, cache=None, cache_start=None):
+        """Attends `x` to itself, or to the cache followed by itself.
+
+        Args:
+            x: `[batch, seq, hidden]`, compute dtype.
+            cos, sin: `[batch, seq, head_dim]` rotary tables for the positions of `x`.
+            mask: bool `[batch, 1, 1, seq, keys]`; keys are `seq` without a cache and
+                `cache_length + seq` with one (cache slots first).
+            cache: None, or `(K [batch, kv_heads, cache_length, head_dim],
+                V [batch, kv_heads, head_dim, cache_length])` holding the positions before
+                `cache_start`.
+            cache_start: int32 scalar, the position of `x`'s first token (with a cache).
+
+        Returns:
+            `(output [batch, seq, hidden], new_cache)`; new_cache is None without a cache.
+        """
+        batch, seq = ops.shape(x)[0], ops.shape(x)[1]
+        kv_heads, groups, head_dim = self.num_key_value_heads, self.groups, self.head_dim
+
+        q = ops.reshape(self.q_proj(x), (batch, seq, kv_heads, groups, head_dim))
+        q = apply_rotary_embedding(ops.transpose(q, (0, 2, 3, 1, 4)), cos, sin)  # [B, KVH, G, S, D]
+        q = ops.reshape(q, (batch, kv_heads, groups * seq, head_dim))
+        k = ops.reshape(self.k_proj(x), (batch, seq, kv_heads, head_dim))
+        k = apply_rotary_embedding(ops.transpose(k, (0, 2, 1, 3)), cos, sin)  # [B, KVH, S, D]
+        v = ops.reshape(self.v_proj(x), (batch, seq, kv_heads, head_dim))
+        v = ops.transpose(v, (0, 2, 3, 1))  # [B, KVH, D, S]
+
+        scores = ops.einsum("bkqd,bktd->bkqt", q, k)
+        if cache is not None:
+            scores = ops.concatenate([ops.einsum("bkqd,bktd->bkqt", q, cache[0]), scores], axis=-1)
+        scores = scores * ops.cast(head_dim**-0.5, scores.dtype)
+        scores = ops.reshape(ops.cast(scores, "float32"), (batch, kv_heads, groups, seq, -1))
+        probs = ops.softmax(ops.where(mask, scores, _MASKED), axis=-1)
+        probs = ops.reshape(ops.cast(probs, self.compute_dtype), (batch, kv_heads, groups * seq, -1))
+
+        new_cache = None
+        if cache is None:
+            out = ops.einsum("bkqt,bkdt->bkqd", probs, v)
+        else:
+            cached = cache[0].shape[2]
+            out = ops.einsum("bkqt,bkdt->bkqd", probs[..., :cached], cache[1])
+            out = out + ops.einsum("bkqt,bkdt->bkqd", probs[..., cached:], v)
+            new_cache = kv_cache.write(cache[0], cache[1], k, v, cache_start)
+
+        out = ops.reshape(out, (batch, kv_heads, groups, seq, head_dim))
+        out = ops.reshape(ops.transpose(out, (0, 3, 1, 2, 4)), (batch, seq, -1))
+        return self.o_proj(out), new_cache
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "hidden_size": self.hidden_size,
+            "num_attention_heads": self.num_attention_heads,
+            "num_key_value_heads": self.num_key_value_heads,
+            "head_dim": self.head_dim,
+        }

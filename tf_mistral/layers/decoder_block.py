@@ -1,0 +1,64 @@
+"""One decoder layer: `x += attn(input_layernorm(x)); x += mlp(post_attention_layernorm(x))`."""
+
+import keras
+
+from tf_mistral.layers.attention import MistralAttention
+from tf_mistral.layers.mlp import MistralMLP
+from tf_mistral.layers.rms_norm import MistralRMSNorm
+
+
+@keras.saving.register_keras_serializable(package="tf_mistral")
+class MistralDecoderLayer(keras.layers.Layer):
+    """Pre-norm residual block; sublayer names follow the HF checkpoint."""
+
+    def __init__(
+        self,
+        hidden_size,
+        intermediate_size,
+        num_attention_heads,
+        num_key_value_heads,
+        head_dim,
+        rms_norm_eps,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.hidden_size = hidden_size
+        self.intermediate_size = intermediate_size
+        self.num_attention_heads = num_attention_heads
+        self.num_key_value_heads = num_key_value_heads
+        self.head_dim = head_dim
+        self.rms_norm_eps = rms_norm_eps
+        policy = self.dtype_policy
+        self.input_layernorm = MistralRMSNorm(rms_norm_eps, name="input_layernorm", dtype=policy)
+        self.self_attn = MistralAttention(
+            hidden_size, num_attention_heads, num_key_value_heads, head_dim,
+            name="self_attn", dtype=policy,
+        )
+        self.post_attention_layernorm = MistralRMSNorm(
+            rms_norm_eps, name="post_attention_layernorm", dtype=policy
+        )
+        self.mlp = MistralMLP(hidden_size, intermediate_size, name="mlp", dtype=policy)
+
+    def build(self, input_shape):
+        for sublayer in (self.input_layernorm, self.self_attn, self.post_attention_layernorm, self.mlp):
+            sublayer.build(input_shape)
+
+    def call(self, x, cos, sin, mask, cache=None, cache_start=None):
+        """`x [batch, seq, hidden]` -> `(x', new_cache)`; see `MistralAttention.call`."""
+        attended, new_cache = self.self_attn(
+            self.input_layernorm(x), cos, sin, mask, cache=cache, cache_start=cache_start
+        )
+        x = x + attended
+        x = x + self.mlp(self.post_attention_layernorm(x))
+        return x, new_cache
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "hidden_size": self.hidden_size,
+            "intermediate_size": self.intermediate_size,
+            "num_attention_heads": self.num_attention_heads,
+            "num_key_value_heads": self.num_key_value_heads,
+            "head_dim": self.head_dim,
+            "rms_norm_eps": self.rms_norm_eps,
+        }

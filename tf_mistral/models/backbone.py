@@ -1,0 +1,132 @@
+"""`TFMistralModel`: token embeddings, the decoder layers and the final norm."""
+
+import keras
+from keras import ops
+
+from tf_mistral import cache as kv_cache
+from tf_mistral.layers import MistralDecoderLayer, MistralRMSNorm, RotaryEmbedding
+from tf_mistral.layers.attention_mask import band_mask
+from tf_mistral.models.outputs import ModelOutput
+from tf_mistral.models.pretrained import MistralPreTrainedModel
+
+
+def unpack_inputs(input_ids, attention_mask):
+    """Accepts `model(ids, attention_mask=...)` and `model({"input_ids": ..., ...})` (fit, predict)."""
+    if isinstance(input_ids, dict):
+        inputs = input_ids
+        unknown = set(inputs) - {"input_ids", "attention_mask"}
+        if unknown:
+            raise ValueError(f"unexpected model inputs {sorted(unknown)}; expected input_ids, attention_mask")
+        return inputs["input_ids"], inputs.get("attention_mask", attention_mask)
+    return input_ids, attention_mask
+
+
+@keras.saving.register_keras_serializable(package="tf_mistral")
+class TFMistralModel(MistralPreTrainedModel):
+    """The Mistral decoder without a head: `input_ids [batch, seq]` -> `last_hidden_state
+    [batch, seq, hidden]` (and, when asked, `hidden_states`: the embeddings and each layer's output)."""
+
+    hf_architecture = "MistralModel"
+
+    def __init__(self, config, **kwargs):
+        super().__init__(config, **kwargs)
+        config = self.config
+        policy = self.dtype_policy
+        self.embed_tokens = keras.layers.Embedding(
+            config.vocab_size, config.hidden_size, name="embed_tokens", dtype=policy
+        )
+        self.decoder_layers = [
+            MistralDecoderLayer(
+                config.hidden_size,
+                config.intermediate_size,
+                config.num_attention_heads,
+                config.num_key_value_heads,
+                config.head_dim,
+                config.rms_norm_eps,
+                name=f"layers.{i}",
+                dtype=policy,
+            )
+            for i in range(config.num_hidden_layers)
+        ]
+        self.norm = MistralRMSNorm(config.rms_norm_eps, name="norm", dtype=policy)
+        self.rotary_emb = RotaryEmbedding(config.head_dim, config.rope_theta, name="rotary_emb", dtype=policy)
+
+    def build(self, input_shape=None):
+        hidden_shape = (None, None, self.config.hidden_size)
+        self.embed_tokens.build((None, None))
+        for layer in self.decoder_layers:
+            layer.build(hidden_shape)
+        self.norm.build(hidden_shape)
+        self.built = True
+
+    def _run_layers(self, hidden, position_ids, mask, cache=None, cache_start=None, collect=False):
+        """Runs every decoder layer; returns (normed hidden, new cache list or None, states)."""
+        cos, sin = self.rotary_emb(position_ids)
+        states, new_cache = [hidden] if collect else [], [] if cache is not None else None
+        for i, layer in enumerate(self.decoder_layers):
+            hidden, layer_cache = layer(
+                hidden, cos, sin, mask,
+                cache=None if cache is None else cache[i], cache_start=cache_start,
+            )
+            if cache is not None:
+                new_cache.append(layer_cache)
+            if collect:
+                states.append(hidden)
+        return self.norm(hidden), new_cache, states
+
+    def call(self, input_ids, attention_mask=None, position_ids=None, output_hidden_states=False):
+        """Full-sequence forward (training, scoring, classification).
+
+        Args:
+            input_ids: int `[batch, seq]` (or a dict with `input_ids` / `attention_mask`).
+            attention_mask: int or bool `[batch, seq]`, 0 for padding (left or right); None: all 1.
+            position_ids: int `[batch, seq]` for the rotary tables; None: `0 .. seq-1`, as HF does
+                (rotary attention depends only on position differences, so left padding does not
+                change the result).
+            output_hidden_states: also return the embeddings and every layer's output.
+        """
+        input_ids, attention_mask = unpack_inputs(input_ids, attention_mask)
+        input_ids = ops.cast(input_ids, "int32")
+        seq = ops.shape(input_ids)[1]
+        positions = ops.arange(seq, dtype="int32")
+        if attention_mask is None:
+            attention_mask = ops.ones_like(input_ids)
+        if position_ids is None:
+            position_ids = ops.broadcast_to(positions[None], ops.shape(input_ids))
+        mask = band_mask(positions, positions, ops.cast(attention_mask, "bool"), self.config.sliding_window)
+        hidden, _, states = self._run_layers(
+            self.embed_tokens(input_ids), position_ids, mask, collect=output_hidden_states
+        )
+        output = ModelOutput(last_hidden_state=hidden)
+        if output_hidden_states:
+            output["hidden_states"] = tuple(states)
+        return output
+
+    def forward_with_cache(self, input_ids, cache, start, pad_start=None):
+        """A chunk of tokens against the fixed-size cache (prefill or one decode step).
+
+        Args:
+            input_ids: int32 `[batch, seq]`, the tokens at positions `start .. start + seq - 1`.
+            cache: list of per-layer `(K, V)` (see `tf_mistral.cache`) holding positions `< start`.
+            start: int32 scalar.
+            pad_start: int32 `[batch]`, each row's first real position (left padding); None: 0.
+
+        Returns:
+            `(hidden [batch, seq, hidden], new cache)`.
+        """
+        input_ids = ops.cast(input_ids, "int32")
+        seq = ops.shape(input_ids)[1]
+        start = ops.cast(start, "int32")
+        if pad_start is None:
+            pad_start = ops.zeros((ops.shape(input_ids)[0],), dtype="int32")
+        query_positions = start + ops.arange(seq, dtype="int32")
+        key_positions = ops.concatenate(
+            [kv_cache.slot_positions(start, cache[0][0].shape[2]), query_positions], axis=0
+        )
+        key_valid = key_positions[None, :] >= pad_start[:, None]
+        mask = band_mask(query_positions, key_positions, key_valid, self.config.sliding_window)
+        position_ids = ops.maximum(query_positions[None, :] - pad_start[:, None], 0)
+        hidden, new_cache, _ = self._run_layers(
+            self.embed_tokens(input_ids), position_ids, mask, cache=cache, cache_start=start
+        )
+        return hidden, new_cache

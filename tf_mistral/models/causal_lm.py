@@ -1,0 +1,45 @@
+"""`TFMistralForCausalLM`: the backbone and an untied `lm_head`."""
+
+import keras
+
+from tf_mistral.models.backbone import TFMistralModel
+from tf_mistral.models.outputs import ModelOutput
+from tf_mistral.models.pretrained import MistralPreTrainedModel
+
+
+@keras.saving.register_keras_serializable(package="tf_mistral")
+class TFMistralForCausalLM(MistralPreTrainedModel):
+    """`input_ids [batch, seq]` -> `logits [batch, seq, vocab]` (compute dtype)."""
+
+    hf_architecture = "MistralForCausalLM"
+
+    def __init__(self, config, **kwargs):
+        super().__init__(config, **kwargs)
+        self.model = TFMistralModel(self.config, name="model", dtype=self.dtype_policy)
+        self.lm_head = keras.layers.Dense(
+            self.config.vocab_size, use_bias=False, name="lm_head", dtype=self.dtype_policy
+        )
+
+    def build(self, input_shape=None):
+        self.model.build()
+        self.lm_head.build((None, None, self.config.hidden_size))
+        self.built = True
+
+    def call(self, input_ids, attention_mask=None, position_ids=None, output_hidden_states=False):
+        """Logits for every position; arguments as `TFMistralModel.call`."""
+        backbone = self.model(
+            input_ids, attention_mask=attention_mask, position_ids=position_ids,
+            output_hidden_states=output_hidden_states,
+        )
+        output = ModelOutput(logits=self.lm_head(backbone.last_hidden_state))
+        if output_hidden_states:
+            output["hidden_states"] = backbone.hidden_states
+        return output
+
+    def forward_with_cache(self, input_ids, cache, start, pad_start=None, last_only=True):
+        """Logits for a chunk run against the cache: `[batch, 1, vocab]` for its last token when
+        `last_only`, else `[batch, seq, vocab]`; see `TFMistralModel.forward_with_cache`."""
+        hidden, cache = self.model.forward_with_cache(input_ids, cache, start, pad_start)
+        if last_only:
+            hidden = hidden[:, -1:]
+        return self.lm_head(hidden), cache

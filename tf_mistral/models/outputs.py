@@ -1,0 +1,26 @@
+"""`ModelOutput`: a dict whose entries are also attributes (`out.logits`), as in HF transformers.
+
+It is registered as a Keras tree node, so `fit`, `predict` and `keras.tree` walk into it like a
+plain dict.
+"""
+
+from keras.src.tree import register_tree_node_class  # Keras has no public alias for this yet
+
+
+@register_tree_node_class
+class ModelOutput(dict):
+    """Named model outputs, e.g. `logits [batch, seq, vocab]` or `last_hidden_state`."""
+
+    def __getattr__(self, name):
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(f"this output has no {name!r}; it has {sorted(self)}") from None
+
+    def tree_flatten(self):
+        keys = tuple(self.keys())
+        return tuple(self[k] for k in keys), keys, keys
+
+    @classmethod
+    def tree_unflatten(cls, keys, values):
+        return cls(zip(keys, values))
