@@ -2,13 +2,14 @@
 
 import keras
 
+from tf_mistral.generation.generate import GenerationMixin
 from tf_mistral.models.backbone import TFMistralModel
 from tf_mistral.models.outputs import ModelOutput
 from tf_mistral.models.pretrained import MistralPreTrainedModel
 
 
 @keras.saving.register_keras_serializable(package="tf_mistral")
-class TFMistralForCausalLM(MistralPreTrainedModel):
+class TFMistralForCausalLM(GenerationMixin, MistralPreTrainedModel):
     """`input_ids [batch, seq]` -> `logits [batch, seq, vocab]` (compute dtype)."""
 
     hf_architecture = "MistralForCausalLM"

@@ -1,0 +1,42 @@
+"""Shared fixtures: the tiny HF checkpoints made by tests/fixtures/make_fixtures.py."""
+
+import os
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
+
+
+def fixture_path(name):
+    """Folder of one fixture checkpoint, e.g. "tiny_window"."""
+    return os.path.join(FIXTURES, name)
+
+
+@pytest.fixture(scope="session")
+def reference():
+    """`reference("tiny_window")` -> the npz of HF transformers outputs for that checkpoint."""
+    cache = {}
+
+    def load(name):
+        if name not in cache:
+            cache[name] = dict(np.load(os.path.join(FIXTURES, name, "reference.npz")))
+        return cache[name]
+
+    return load
+
+
+@pytest.fixture(scope="session")
+def causal_lm():
+    """`causal_lm("tiny_window", dtype=None)` -> a loaded TFMistralForCausalLM, shared per session."""
+    from tf_mistral import TFMistralForCausalLM
+
+    cache = {}
+
+    def load(name, dtype=None):
+        if (name, dtype) not in cache:
+            cache[name, dtype] = TFMistralForCausalLM.from_pretrained(fixture_path(name), dtype=dtype, progress=False)
+        return cache[name, dtype]
+
+    return load

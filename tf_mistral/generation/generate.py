@@ -1,0 +1,214 @@
+"""`generate()`: HF's arguments, one XLA-compiled loop per (batch, prompt bucket, length bucket, mode).
+
+Prompts are padded on the left to a bucket so that a new prompt length reuses a compiled loop;
+the number of new tokens is a tensor inside a bucketed buffer, for the same reason.
+"""
+
+import time
+
+import numpy as np
+import tensorflow as tf
+
+from tf_mistral import cache as kv_cache
+from tf_mistral.generation import loop
+from tf_mistral.generation.sampling import SamplingMode, validate_sampling
+
+
+def prompt_bucket(length):
+    """Columns a prompt of `length` tokens is padded to: 16, 32, 64, then multiples of 64."""
+    for bucket in (16, 32, 64):
+        if length <= bucket:
+            return bucket
+    return -(-length // 64) * 64
+
+
+def new_tokens_bucket(count):
+    """Output buffer for `count` new tokens: 32, 64, 128, then multiples of 128."""
+    for bucket in (32, 64, 128):
+        if count <= bucket:
+            return bucket
+    return -(-count // 128) * 128
+
+
+def as_int_matrix(value, name):
+    """A 2-D int32 numpy array from a list, numpy array or tensor; clear errors otherwise."""
+    if value is None:
+        raise ValueError(f"{name} is required")
+    array = np.asarray(value.numpy() if hasattr(value, "numpy") else value)
+    if array.ndim == 1:
+        array = array[None]
+    if array.ndim != 2 or not np.issubdtype(array.dtype, np.integer) and array.size:
+        raise ValueError(f"{name} must be integer ids of shape [batch, length], got {array.dtype} {array.shape}")
+    return array.astype(np.int32)
+
+
+def left_align(input_ids, attention_mask, pad_token_id):
+    """Moves each row's padding to the left (generation needs left padding); rows keep their order."""
+    ids, mask = np.full_like(input_ids, pad_token_id), np.zeros_like(attention_mask)
+    for row, (tokens, keep) in enumerate(zip(input_ids, attention_mask.astype(bool))):
+        real = tokens[keep]
+        if real.size:
+            ids[row, -real.size:], mask[row, -real.size:] = real, 1
+    return ids, mask
+
+
+class GenerationMixin:
+    """Adds `generate` to `TFMistralForCausalLM`."""
+
+    def generate(
+        self,
+        input_ids,
+        attention_mask=None,
+        max_new_tokens=None,
+        max_length=None,
+        do_sample=False,
+        temperature=1.0,
+        top_k=None,
+        top_p=1.0,
+        seed=None,
+        eos_token_id=None,
+        pad_token_id=None,
+        streamer=None,
+    ):
+        """Generates continuations, as HF `generate` does.
+
+        Args:
+            input_ids: int `[batch, prompt]` (list, numpy or tensor); rows padded on either side.
+            attention_mask: `[batch, prompt]`, 0 for padding; None: no padding.
+            max_new_tokens: new tokens per row (default 20, like HF); or `max_length`, the total.
+            do_sample, temperature, top_k, top_p: greedy, or sampling with these filters.
+            seed: int; the same seed and inputs give the same tokens. None: a random seed.
+            eos_token_id: int or list ending a row (default: the config's).
+            pad_token_id: what a finished row emits (default: config pad, else the first eos).
+            streamer: an object with `put(token_ids [batch])` and `end()` (e.g. `TextStreamer`),
+                or a callable taking the token ids; it receives each new column as it is made.
+
+        Returns:
+            int32 numpy `[batch, prompt + n]`: the prompt as given followed by the new tokens
+            (n <= max_new_tokens; generation stops early once every row has ended).
+        """
+        input_ids = as_int_matrix(input_ids, "input_ids")
+        batch, prompt = input_ids.shape
+        if prompt == 0:
+            raise ValueError("the prompt is empty: give at least one token (e.g. the BOS id 1)")
+        attention_mask = (
+            np.ones_like(input_ids) if attention_mask is None else as_int_matrix(attention_mask, "attention_mask")
+        )
+        if attention_mask.shape != input_ids.shape:
+            raise ValueError(f"attention_mask has shape {attention_mask.shape} but input_ids {input_ids.shape}")
+        real_lengths = attention_mask.sum(axis=1)
+        if (real_lengths == 0).any():
+            raise ValueError(f"rows {np.flatnonzero(real_lengths == 0).tolist()} are all padding: nothing to continue")
+        vocab = self.config.vocab_size
+        if input_ids.min() < 0 or input_ids.max() >= vocab:
+            raise ValueError(f"input_ids must be in [0, {vocab}), got values from {input_ids.min()} to {input_ids.max()}")
+
+        if max_new_tokens is None:
+            max_new_tokens = 20 if max_length is None else max_length - prompt
+        if not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r} (max_length={max_length!r})")
+        longest = int(real_lengths.max()) + int(max_new_tokens)
+        if longest > self.config.max_position_embeddings:
+            raise ValueError(
+                f"prompt ({int(real_lengths.max())} tokens) + max_new_tokens ({max_new_tokens}) = {longest} "
+                f"exceeds max_position_embeddings ({self.config.max_position_embeddings}); shorten the prompt"
+            )
+        validate_sampling(do_sample, temperature, top_k, top_p)
+        eos = self.config.eos_token_ids if eos_token_id is None else list(np.atleast_1d(eos_token_id).tolist())
+        if pad_token_id is None:
+            pad_token_id = self.config.pad_token_id if self.config.pad_token_id is not None else (eos[0] if eos else 0)
+        if seed is None:
+            seed = int(np.random.randint(0, 2**31 - 1))
+
+        padded_left = (np.diff(attention_mask, axis=1) >= 0).all()
+        ids, mask = (input_ids, attention_mask) if padded_left else left_align(input_ids, attention_mask, pad_token_id)
+        bucket = prompt_bucket(prompt)
+        ids = np.pad(ids, [(0, 0), (bucket - prompt, 0)], constant_values=pad_token_id)
+        mask = np.pad(mask, [(0, 0), (bucket - prompt, 0)])
+
+        mode = SamplingMode(do_sample, int(top_k or 0) if do_sample else 0, bool(do_sample and top_p < 1.0))
+        sampling = loop.Sampling(
+            mode, tf.constant(float(temperature)), tf.constant(float(top_p)), tf.constant(int(seed)),
+            tuple(int(e) for e in eos), int(pad_token_id),
+        )
+        width = new_tokens_bucket(int(max_new_tokens))
+        cache_length = kv_cache.cache_length(bucket + width - 1, self.config.sliding_window)
+        if streamer is None:
+            fused = self._compiled("fused", batch, bucket, width, cache_length, sampling)
+            tokens, steps = fused(tf.constant(ids), tf.constant(mask), tf.constant(int(max_new_tokens)),
+                                  sampling.temperature, sampling.top_p, sampling.seed)
+            tokens, steps = tokens.numpy(), int(steps)
+        else:
+            tokens, steps = self._generate_streaming(ids, mask, int(max_new_tokens), width, cache_length, sampling, streamer)
+        return np.concatenate([input_ids, tokens[:, :steps]], axis=1)
+
+    def _compiled(self, kind, batch, bucket, width, cache_length, sampling):
+        """The XLA-compiled function for one shape and mode, made on first use and then reused."""
+        if not hasattr(self, "_generation_functions"):
+            self._generation_functions = {}
+            self.generation_traces = 0
+        key = (kind, batch, bucket, width, cache_length, sampling.mode, sampling.eos_token_ids, sampling.pad_token_id)
+        if key not in self._generation_functions:
+            static = dict(mode=sampling.mode, eos_token_ids=sampling.eos_token_ids, pad_token_id=sampling.pad_token_id)
+
+            def fused(ids, mask, new_tokens, temperature, top_p, seed):
+                self.generation_traces += 1
+                run = loop.Sampling(temperature=temperature, top_p=top_p, seed=seed, **static)
+                return loop.generate_tokens(self, ids, mask, width, new_tokens, cache_length, run)
+
+            def begin(ids, mask, temperature, top_p, seed):
+                self.generation_traces += 1
+                run = loop.Sampling(temperature=temperature, top_p=top_p, seed=seed, **static)
+                return loop.begin(self, ids, mask, width, cache_length, run)
+
+            def step(state, temperature, top_p, seed):
+                self.generation_traces += 1
+                run = loop.Sampling(temperature=temperature, top_p=top_p, seed=seed, **static)
+                return loop.decode_step(self, state, run)
+
+            function = {"fused": fused, "begin": begin, "step": step}[kind]
+            self._generation_functions[key] = tf.function(function, jit_compile=True)
+        return self._generation_functions[key]
+
+    def _generate_streaming(self, ids, mask, max_new_tokens, width, cache_length, sampling, streamer):
+        """The same steps as the fused loop, driven from Python so each token reaches `streamer`."""
+        put = streamer if callable(streamer) and not hasattr(streamer, "put") else streamer.put
+        args = (sampling.temperature, sampling.top_p, sampling.seed)
+        batch, bucket = ids.shape
+        state = self._compiled("begin", batch, bucket, width, cache_length, sampling)(ids, mask, *args)
+        step_function = self._compiled("step", batch, bucket, width, cache_length, sampling)
+        put(state["token"].numpy())
+        while int(state["step"]) < max_new_tokens and not bool(tf.reduce_all(state["finished"])):
+            state = step_function(state, *args)
+            put(state["token"].numpy())
+        if hasattr(streamer, "end"):
+            streamer.end()
+        return state["tokens"].numpy(), int(state["step"])
+
+
+class TextStreamer:
+    """Prints text as it is generated (row 0 of the batch), like HF's `TextStreamer`.
+
+    `tokens_per_second` is known after `end()`.
+    """
+
+    def __init__(self, tokenizer, skip_special_tokens=True, file=None):
+        self.tokenizer = tokenizer
+        self.skip_special_tokens = skip_special_tokens
+        self.file = file
+        self.ids, self.printed, self.started = [], 0, None
+        self.tokens_per_second = None
+
+    def put(self, token_ids):
+        if self.started is None:
+            self.started = time.perf_counter()
+        self.ids.append(int(np.asarray(token_ids).reshape(-1)[0]))
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=self.skip_special_tokens)
+        if not text.endswith("\ufffd"):  # wait for the rest of a multi-byte character
+            print(text[self.printed:], end="", flush=True, file=self.file)
+            self.printed = len(text)
+
+    def end(self):
+        elapsed = time.perf_counter() - (self.started or time.perf_counter())
+        self.tokens_per_second = len(self.ids) / elapsed if elapsed > 0 else None
+        print(file=self.file, flush=True)

@@ -1,0 +1,142 @@
+"""The generation loop: prefill, then a `while_loop` of decode steps, all against the fixed-size cache.
+
+Everything here is traceable: `generate` compiles it with XLA, the SavedModel exporter traces it
+without. Column c of the left-padded batch is position c; row b's padding ends at `pad_start[b]`.
+"""
+
+from typing import NamedTuple
+
+import tensorflow as tf
+
+from tf_mistral import cache as kv_cache
+from tf_mistral.generation.sampling import SamplingMode, next_tokens
+
+
+def pad_starts(attention_mask):
+    """int32 `[batch]`: the first real column of each left-padded row."""
+    mask = tf.cast(attention_mask, tf.int32)
+    return tf.shape(mask)[1] - tf.reduce_sum(mask, axis=1)
+
+
+def _prefill_chunked(model, input_ids, pad_start, cache):
+    """Prefills a prompt longer than the cache, one cache-length chunk at a time (the first chunk
+    padded on the left). Returns `(last logits [batch, vocab], cache, prompt columns)`."""
+    chunk = cache[0][0].shape[2]
+    length = tf.shape(input_ids)[1]
+    extra = (-length) % chunk
+    input_ids = tf.pad(input_ids, [[0, 0], [extra, 0]])
+    pad_start = pad_start + extra
+    chunks = (length + extra) // chunk
+
+    def body(i, logits, cache):
+        ids = tf.slice(input_ids, [0, i * chunk], [-1, chunk])
+        logits, cache = model.forward_with_cache(ids, cache, i * chunk, pad_start)
+        return i + 1, logits[:, 0], cache
+
+    logits = tf.zeros([tf.shape(input_ids)[0], model.config.vocab_size], model.compute_dtype)
+    _, logits, cache = tf.while_loop(lambda i, *_: i < chunks, body, (0, logits, cache))
+    return logits, cache, length + extra, pad_start
+
+
+def prefill(model, input_ids, pad_start, cache):
+    """Runs the prompt through the model, filling the cache.
+
+    Args:
+        input_ids: int32 `[batch, prompt]`, left-padded.
+        pad_start: int32 `[batch]`.
+        cache: empty per-layer `(K, V)` list.
+
+    Returns:
+        `(logits [batch, vocab] of the last column, cache, prompt columns, pad_start)`; a prompt
+        longer than the cache gains left padding up to a whole number of chunks.
+    """
+    cache_length = cache[0][0].shape[2]
+
+    def single():
+        logits, new_cache = model.forward_with_cache(input_ids, cache, 0, pad_start)
+        return logits[:, 0], new_cache, tf.shape(input_ids)[1], pad_start
+
+    static_length = input_ids.shape[1]
+    if static_length is not None:
+        return single() if static_length <= cache_length else _prefill_chunked(model, input_ids, pad_start, cache)
+    return tf.cond(
+        tf.shape(input_ids)[1] <= cache_length,
+        single,
+        lambda: _prefill_chunked(model, input_ids, pad_start, cache),
+    )
+
+
+class Sampling(NamedTuple):
+    """How tokens are chosen and when rows end; `mode` is static, the rest may be tensors."""
+
+    mode: SamplingMode
+    temperature: object = 1.0
+    top_p: object = 1.0
+    seed: object = 0
+    eos_token_ids: tuple = ()
+    pad_token_id: int = 0
+
+
+def _emit(state, logits, sampling):
+    """Picks the token of column `state["step"]` from `logits [batch, vocab]`."""
+    tokens, finished, step = state["tokens"], state["finished"], state["step"]
+    batch = tf.shape(tokens)[0]
+    token = next_tokens(logits, sampling.mode, sampling.temperature, sampling.top_p, sampling.seed, step)
+    token = tf.where(finished, sampling.pad_token_id, token)
+    tokens = tf.tensor_scatter_nd_update(tokens, tf.stack([tf.range(batch), tf.fill([batch], step)], axis=1), token)
+    eos = tf.constant(list(sampling.eos_token_ids) or [-1], tf.int32)
+    finished = finished | tf.reduce_any(token[:, None] == eos[None, :], axis=1)
+    return dict(state, tokens=tokens, finished=finished, token=token, step=step + 1)
+
+
+def begin(model, input_ids, attention_mask, max_new_tokens, cache_length, sampling):
+    """Prefills the prompt and picks the first new token.
+
+    Args:
+        model: a `TFMistralForCausalLM`.
+        input_ids: int32 `[batch, prompt]`, left-padded; attention_mask: `[batch, prompt]`.
+        max_new_tokens: Python int, the width of the output buffer.
+        cache_length: Python int, slots per layer (`tf_mistral.cache.cache_length`).
+        sampling: `Sampling`.
+
+    Returns:
+        The state dict that `decode_step` advances: `tokens` int32 `[batch, max_new_tokens]`
+        (`pad_token_id` where not yet generated), `finished` bool `[batch]`, `token` int32
+        `[batch]` (the newest), `step` int32 (tokens generated), `cache`, `columns`, `pad_start`.
+    """
+    input_ids = tf.cast(input_ids, tf.int32)
+    batch = tf.shape(input_ids)[0]
+    cache = kv_cache.empty_cache(model.config, batch, cache_length, model.compute_dtype)
+    logits, cache, columns, pad_start = prefill(model, input_ids, pad_starts(attention_mask), cache)
+    state = dict(
+        tokens=tf.fill([batch, max_new_tokens], tf.constant(sampling.pad_token_id, tf.int32)),
+        finished=tf.zeros([batch], tf.bool),
+        token=tf.zeros([batch], tf.int32),
+        step=tf.constant(0, tf.int32),
+        cache=cache,
+        columns=columns,
+        pad_start=pad_start,
+    )
+    return _emit(state, logits, sampling)
+
+
+def decode_step(model, state, sampling):
+    """Feeds the newest token through the model and picks the next one."""
+    column = state["columns"] + state["step"] - 1
+    logits, cache = model.forward_with_cache(state["token"][:, None], state["cache"], column, state["pad_start"])
+    return _emit(dict(state, cache=cache), logits[:, 0], sampling)
+
+
+def generate_tokens(model, input_ids, attention_mask, max_new_tokens, new_tokens, cache_length, sampling):
+    """`begin`, then `decode_step` in a `while_loop` until `new_tokens` tokens or every row ended.
+
+    Returns `(tokens int32 [batch, max_new_tokens], steps int32)`; columns from `steps` on are
+    `pad_token_id`, and so is everything a row emits after its end token.
+    """
+    state = begin(model, input_ids, attention_mask, max_new_tokens, cache_length, sampling)
+
+    def running(state):
+        return (state["step"] < new_tokens) & ~tf.reduce_all(state["finished"])
+
+    (state,) = tf.while_loop(running, lambda state: (decode_step(model, state, sampling),), (state,))
+    return state["tokens"], state["step"]
