@@ -40,3 +40,20 @@ def causal_lm():
         return cache[name, dtype]
 
     return load
+
+
+@pytest.fixture(scope="session", params=["v1", "v3"])
+def tok(request):
+    """Each embedded tokenizer: v1 (7B v0.1 / v0.2) and v3 (v0.3); its chat_format names the
+    mistral-common reference."""
+    from tf_mistral.tokenizer import MistralTokenizer
+
+    return MistralTokenizer.default(request.param)
+
+
+@pytest.fixture(scope="session")
+def tok_v1():
+    """The embedded Mistral v0.1 tokenizer (mistral-common's tokenizer.model.v1)."""
+    from tf_mistral.tokenizer import MistralTokenizer
+
+    return MistralTokenizer.default("v1")
