@@ -18,6 +18,7 @@ import warnings
 import keras
 import ml_dtypes
 import numpy as np
+import tensorflow as tf
 from tqdm.auto import tqdm
 
 INDEX_FILE = "model.safetensors.index.json"
@@ -36,6 +37,7 @@ _DTYPES = {
     "BOOL": np.dtype("bool"),
 }
 _DTYPE_NAMES = {dtype: name for name, dtype in _DTYPES.items()}
+_BLOCK_BYTES = 64 * 2**20  # rows read and assigned at once while loading
 # Head weights that a checkpoint of another head type carries; HF skips them silently too.
 _OTHER_HEADS = {"lm_head.weight", "score.weight", "score.bias"}
 
@@ -120,15 +122,21 @@ class SafetensorsFile:
                 )
             self.tensors[name] = (dtype, shape, begin, end)
 
-    def read(self, name):
-        """The tensor as a numpy array in its stored dtype."""
+    def read(self, name, rows=None):
+        """The tensor, or its rows `rows = (start, stop)` along the first axis, as a numpy array
+        in its stored dtype; the file is read straight into the array."""
         dtype, shape, begin, end = self.tensors[name]
+        if rows is not None:
+            row_bytes = (end - begin) // max(shape[0], 1)
+            begin, end = begin + rows[0] * row_bytes, begin + rows[1] * row_bytes
+            shape = (rows[1] - rows[0],) + shape[1:]
+        array = np.empty(shape, dtype)
         with open(self.path, "rb") as f:
             f.seek(self.data_start + begin)
-            data = f.read(end - begin)
-        if len(data) != end - begin:
+            count = f.readinto(array.reshape(-1).view(np.uint8))
+        if count != end - begin:
             raise CheckpointError(f"{self.path} is truncated inside tensor {name!r}")
-        return np.frombuffer(data, dtype=dtype).reshape(shape)
+        return array
 
     def nbytes(self, name):
         _, _, begin, end = self.tensors[name]
@@ -183,7 +191,7 @@ def _shape_hint(name, file_shape, config):
 
 
 def load_weights(model, directory, progress=True):
-    """Assigns every tensor of the checkpoint in `directory` to the built `model`.
+    """Assigns every tensor of the checkpoint in `directory` to `model` (built here if it is not).
 
     All names and shapes are checked before any data is read; a missing, unexpected or
     mis-shaped tensor raises `CheckpointError` naming it. Head weights the checkpoint lacks
@@ -192,55 +200,109 @@ def load_weights(model, directory, progress=True):
     """
     located = open_checkpoint(directory)
     table = checkpoint_table(model)
-    if not any(name.startswith("model.") for name in table) and any(n.startswith("model.") for n in located):
-        located = {n[len("model."):]: f for n, f in located.items() if n.startswith("model.")}
-    elif any(name.startswith("model.") for name in table) and "embed_tokens.weight" in located:
-        located = {("model." + n if n not in _OTHER_HEADS else n): f for n, f in located.items()}
+    adapted = sorted({layer.name for layer, _, _ in table.values() if getattr(layer, "lora_enabled", False)})
+    if adapted:
+        raise CheckpointError(
+            f"this model has LoRA enabled ({', '.join(adapted)}); load the checkpoint into a fresh model "
+            "(from_pretrained), then enable_lora() or load_lora_weights()"
+        )
+    stored = _stored_names(table, located)
 
-    missing = [name for name in table if name not in located]
+    missing = [name for name in table if name not in stored]
     missing_heads = [name for name in missing if name in _OTHER_HEADS]
     if len(missing) > len(missing_heads):
         raise CheckpointError(
             f"checkpoint in {directory} lacks {len(missing) - len(missing_heads)} tensors this model "
             f"needs, e.g. {[n for n in missing if n not in _OTHER_HEADS][:5]}: is config.json from another model?"
         )
-    unexpected = [name for name in located if name not in table and name not in _OTHER_HEADS]
+    unexpected = [stored[name] for name in stored if name not in table and name not in _OTHER_HEADS]
     if unexpected:
         raise CheckpointError(
             f"checkpoint in {directory} has {len(unexpected)} tensors this model does not know, "
             f"e.g. {unexpected[:5]}: is config.json from another model?"
         )
-    for name, (layer, attribute, transposed) in table.items():
-        if name not in located:
-            continue
+    todo = [name for name in table if name in stored]
+    if not model.built:
+        filled = {table[name][0] for name in todo} - {table[name][0] for name in missing}
+        _build_without_random_init(model, filled)
+    for name in todo:
+        layer, attribute, transposed = table[name]
         expected = tuple(getattr(layer, attribute).shape)
         expected = expected[::-1] if transposed else expected
-        dtype, file_shape = located[name].tensors[name][:2]
+        dtype, file_shape = located[stored[name]].tensors[stored[name]][:2]
         if file_shape != expected:
             raise CheckpointError(
-                f"tensor {name!r} has shape {file_shape} in the checkpoint but the config implies "
-                f"{expected}; {_shape_hint(name, file_shape, model.config)}"
+                f"tensor {stored[name]!r} has shape {file_shape} in the checkpoint but the config "
+                f"implies {expected}; {_shape_hint(name, file_shape, model.config)}"
             )
         if dtype.kind not in "fV":
-            raise CheckpointError(f"tensor {name!r} is stored as {dtype}, not a floating dtype")
+            raise CheckpointError(f"tensor {stored[name]!r} is stored as {dtype}, not a floating dtype")
     if missing_heads:
         warnings.warn(
             f"{missing_heads} not in the checkpoint: newly initialised; train this head before use",
             stacklevel=3,
         )
 
-    todo = [name for name in table if name in located]
-    total = sum(located[name].nbytes(name) for name in todo)
+    total = sum(located[stored[name]].nbytes(stored[name]) for name in todo)
     with tqdm(total=total, unit="B", unit_scale=True, desc="loading weights", disable=not progress) as bar:
         for name in todo:
             layer, attribute, transposed = table[name]
-            variable = getattr(layer, attribute)
-            value = located[name].read(name)
-            if transposed:
-                value = value.T
-            variable.assign(np.ascontiguousarray(value, dtype=numpy_dtype(variable.dtype)))
-            del value
-            bar.update(located[name].nbytes(name))
+            _assign(getattr(layer, attribute), located[stored[name]], stored[name], transposed)
+            bar.update(located[stored[name]].nbytes(stored[name]))
+
+
+def _build_without_random_init(model, filled_layers):
+    """Builds `model` with zeros in place of the random initializers of `filled_layers` (those the
+    checkpoint fills entirely). Random init would take minutes for 7B, and its float32 temporaries
+    stay in the process: a 2 GB model built with Glorot init holds 1.4x its bytes, with zeros 1.06x."""
+    names = ("kernel_initializer", "bias_initializer", "embeddings_initializer")
+    saved = [(layer, n, getattr(layer, n)) for layer in filled_layers for n in names if hasattr(layer, n)]
+    for layer, attribute, _ in saved:
+        setattr(layer, attribute, keras.initializers.Zeros())
+    try:
+        model.build()
+    finally:
+        for layer, attribute, initializer in saved:
+            setattr(layer, attribute, initializer)
+
+
+def _assign(variable, source, name, transposed):
+    """Copies tensor `name` of `source` into `variable`, a block of rows at a time written in
+    place into the variable's buffer: a load holds one block beyond the variables, never a whole
+    tensor nor its transposed copy (the lm_head of a 7B model is 500 MB)."""
+    shape = source.tensors[name][1]
+    dtype = numpy_dtype(variable.dtype)
+    if len(shape) < 2:
+        variable.assign(source.read(name).astype(dtype, copy=False))
+        return
+    # The tf.Variable behind the Keras variable; under a tf.distribute strategy, each replica's.
+    replicas = getattr(variable.value, "values", (variable.value,))
+    step = max(1, _BLOCK_BYTES // max(source.nbytes(name) // shape[0], 1))
+    for start in range(0, shape[0], step):
+        stop = min(start + step, shape[0])
+        block = tf.convert_to_tensor(source.read(name, (start, stop)).astype(dtype, copy=False))
+        if transposed:  # file [out, in] rows start:stop -> kernel [in, out] columns start:stop
+            begin, end, block = [0, start], [shape[1], stop], tf.transpose(block)
+        else:
+            begin, end = [start, 0], [stop, shape[1]]
+        for replica in replicas:
+            # In place; `variable[...].assign()` would read the variable first and so copy it whole.
+            tf.raw_ops.ResourceStridedSliceAssign(
+                ref=replica.handle, begin=begin, end=end, strides=[1, 1], value=block
+            )
+
+
+def _stored_names(table, located):
+    """`{our tensor name: the checkpoint's name for it}`. HF's bare `MistralModel` writes no
+    `model.` prefix and the heads do; either checkpoint loads into either model (a bare model
+    skips the heads' tensors)."""
+    ours_prefixed = any(name.startswith("model.") for name in table)
+    theirs_prefixed = any(name.startswith("model.") for name in located)
+    if ours_prefixed == theirs_prefixed:
+        return {name: name for name in located}
+    if theirs_prefixed:
+        return {name[len("model."):]: name for name in located if name.startswith("model.")}
+    return {(name if name in _OTHER_HEADS else "model." + name): name for name in located}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -289,6 +351,22 @@ def _write_shard(path, entries, bar):
     os.replace(temporary, path)
 
 
+def write_tensors(path, arrays):
+    """Writes `{name: numpy array}` as one safetensors file, atomically (temporary file, then rename)."""
+    entries = [(name, (lambda a=a: np.ascontiguousarray(a)), (a.dtype, a.shape), a.nbytes) for name, a in arrays.items()]
+    with tqdm(total=sum(e[3] for e in entries), disable=True) as bar:
+        _write_shard(path, entries, bar)
+
+
+def _saved_value(layer, attribute):
+    """What `save_weights` writes for one attribute: a LoRA-enabled kernel merged in float32."""
+    if attribute == "kernel" and getattr(layer, "lora_enabled", False):
+        from tf_mistral.training.lora import merged_kernel
+
+        return merged_kernel(layer)
+    return getattr(layer, attribute)
+
+
 def save_weights(model, directory, max_shard_size="5GB", dtype=None, progress=True):
     """Writes `config.json` and the weights in HF layout (see `MistralPreTrainedModel.save_pretrained`)."""
     for layer in model._flatten_layers():
@@ -300,12 +378,12 @@ def save_weights(model, directory, max_shard_size="5GB", dtype=None, progress=Tr
     target = None if dtype is None else numpy_dtype(dtype)
     entries = []
     for name, (layer, attribute, transposed) in checkpoint_table(model).items():
-        value = getattr(layer, attribute)
+        value = _saved_value(layer, attribute)
         out_dtype = target or numpy_dtype(value.dtype)
         shape = tuple(value.shape)[::-1] if transposed else tuple(value.shape)
 
         def fetch(layer=layer, attribute=attribute, transposed=transposed, out_dtype=out_dtype):
-            array = keras.ops.convert_to_numpy(getattr(layer, attribute))
+            array = keras.ops.convert_to_numpy(_saved_value(layer, attribute))
             return np.ascontiguousarray(array.T if transposed else array, dtype=out_dtype)
 
         entries.append((name, fetch, (out_dtype, shape), out_dtype.itemsize * int(np.prod(shape))))

@@ -35,12 +35,14 @@ PRESETS = {
     ),
 }
 
-# HF config.json keys that describe training or other frameworks and carry nothing for us.
+# HF config.json keys that describe training or other frameworks and carry nothing for us
+# (as do transformers' bookkeeping keys starting with "_", e.g. "_name_or_path").
 _IGNORED_KEYS = {
     "architectures", "model_type", "transformers_version", "use_cache", "hidden_act",
     "initializer_range", "attention_dropout", "dtype", "torch_dtype", "rope_parameters",
     "rope_scaling", "output_attentions", "output_hidden_states", "return_dict",
     "problem_type", "is_decoder", "layer_types", "max_window_layers", "use_sliding_window",
+    "chunk_size_feed_forward", "is_encoder_decoder",
 }
 
 
@@ -153,7 +155,7 @@ class MistralConfig:
         if data.get("head_dim") is None:
             data.pop("head_dim", None)
         fields = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - fields - _IGNORED_KEYS)
+        unknown = sorted(k for k in set(data) - fields - _IGNORED_KEYS if not k.startswith("_"))
         if unknown:
             raise ValueError(f"config.json has fields this Mistral config does not know: {unknown}")
         return cls(**{k: v for k, v in data.items() if k in fields})

@@ -11,12 +11,16 @@ from tf_mistral.models.pretrained import MistralPreTrainedModel
 
 
 def unpack_inputs(input_ids, attention_mask):
-    """Accepts `model(ids, attention_mask=...)` and `model({"input_ids": ..., ...})` (fit, predict)."""
+    """Accepts `model(ids, attention_mask=...)` and `model({"input_ids": ..., ...})` (fit, predict).
+
+    A dict may also carry "labels" (for `fit`, which passes the whole dict to `call`); the forward
+    ignores them and the training loss reads them.
+    """
     if isinstance(input_ids, dict):
         inputs = input_ids
-        unknown = set(inputs) - {"input_ids", "attention_mask"}
+        unknown = set(inputs) - {"input_ids", "attention_mask", "labels"}
         if unknown:
-            raise ValueError(f"unexpected model inputs {sorted(unknown)}; expected input_ids, attention_mask")
+            raise ValueError(f"unexpected model inputs {sorted(unknown)}; expected input_ids, attention_mask (and labels)")
         return inputs["input_ids"], inputs.get("attention_mask", attention_mask)
     return input_ids, attention_mask
 
@@ -57,6 +61,7 @@ class TFMistralModel(MistralPreTrainedModel):
         for layer in self.decoder_layers:
             layer.build(hidden_shape)
         self.norm.build(hidden_shape)
+        self.rotary_emb.build((None, None))
         self.built = True
 
     def _run_layers(self, hidden, position_ids, mask, cache=None, cache_start=None, collect=False):
@@ -72,7 +77,10 @@ class TFMistralModel(MistralPreTrainedModel):
                 new_cache.append(layer_cache)
             if collect:
                 states.append(hidden)
-        return self.norm(hidden), new_cache, states
+        hidden = self.norm(hidden)
+        if collect:
+            states[-1] = hidden  # as HF: the last entry is the final norm's output
+        return hidden, new_cache, states
 
     def call(self, input_ids, attention_mask=None, position_ids=None, output_hidden_states=False):
         """Full-sequence forward (training, scoring, classification).
@@ -83,7 +91,9 @@ class TFMistralModel(MistralPreTrainedModel):
             position_ids: int `[batch, seq]` for the rotary tables; None: `0 .. seq-1`, as HF does
                 (rotary attention depends only on position differences, so left padding does not
                 change the result).
-            output_hidden_states: also return the embeddings and every layer's output.
+            output_hidden_states: also return `hidden_states`, `num_hidden_layers + 1` tensors
+                `[batch, seq, hidden]` as HF: the embeddings, each layer's output, and for the
+                last layer its output after the final norm (= `last_hidden_state`).
         """
         input_ids, attention_mask = unpack_inputs(input_ids, attention_mask)
         input_ids = ops.cast(input_ids, "int32")
@@ -120,9 +130,7 @@ class TFMistralModel(MistralPreTrainedModel):
         if pad_start is None:
             pad_start = ops.zeros((ops.shape(input_ids)[0],), dtype="int32")
         query_positions = start + ops.arange(seq, dtype="int32")
-        key_positions = ops.concatenate(
-            [kv_cache.slot_positions(start, cache[0][0].shape[2]), query_positions], axis=0
-        )
+        key_positions = kv_cache.key_positions(query_positions, cache[0][0].shape[2])
         key_valid = key_positions[None, :] >= pad_start[:, None]
         mask = band_mask(query_positions, key_positions, key_valid, self.config.sliding_window)
         position_ids = ops.maximum(query_positions[None, :] - pad_start[:, None], 0)

@@ -6,13 +6,15 @@ from tf_mistral.generation.generate import GenerationMixin
 from tf_mistral.models.backbone import TFMistralModel
 from tf_mistral.models.outputs import ModelOutput
 from tf_mistral.models.pretrained import MistralPreTrainedModel
+from tf_mistral.training.trainer import TrainingMixin
 
 
 @keras.saving.register_keras_serializable(package="tf_mistral")
-class TFMistralForCausalLM(GenerationMixin, MistralPreTrainedModel):
+class TFMistralForCausalLM(TrainingMixin, GenerationMixin, MistralPreTrainedModel):
     """`input_ids [batch, seq]` -> `logits [batch, seq, vocab]` (compute dtype)."""
 
     hf_architecture = "MistralForCausalLM"
+    training_task = "causal_lm"  # compile() defaults: shifted next-token loss, -100 ignored
 
     def __init__(self, config, **kwargs):
         super().__init__(config, **kwargs)

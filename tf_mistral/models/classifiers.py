@@ -6,6 +6,7 @@ from keras import ops
 from tf_mistral.models.backbone import TFMistralModel, unpack_inputs
 from tf_mistral.models.outputs import ModelOutput
 from tf_mistral.models.pretrained import MistralPreTrainedModel
+from tf_mistral.training.trainer import TrainingMixin
 
 
 def last_token_index(input_ids, attention_mask, pad_token_id):
@@ -25,10 +26,11 @@ def last_token_index(input_ids, attention_mask, pad_token_id):
 
 
 @keras.saving.register_keras_serializable(package="tf_mistral")
-class TFMistralForSequenceClassification(MistralPreTrainedModel):
+class TFMistralForSequenceClassification(TrainingMixin, MistralPreTrainedModel):
     """`input_ids [batch, seq]` -> `logits [batch, num_labels]`; `score` has no bias (as HF)."""
 
     hf_architecture = "MistralForSequenceClassification"
+    training_task = "sequence_classification"
 
     def __init__(self, config, **kwargs):
         super().__init__(config, **kwargs)
@@ -51,11 +53,12 @@ class TFMistralForSequenceClassification(MistralPreTrainedModel):
 
 
 @keras.saving.register_keras_serializable(package="tf_mistral")
-class TFMistralForTokenClassification(MistralPreTrainedModel):
+class TFMistralForTokenClassification(TrainingMixin, MistralPreTrainedModel):
     """`input_ids [batch, seq]` -> `logits [batch, seq, num_labels]`; dropout, then `score`
     with a bias (HF's generic token-classification head)."""
 
     hf_architecture = "MistralForTokenClassification"
+    training_task = "token_classification"
 
     def __init__(self, config, **kwargs):
         super().__init__(config, **kwargs)

@@ -51,8 +51,7 @@ class MistralPreTrainedModel(keras.Model):
         if config_overrides:
             config = MistralConfig.from_dict({**config.to_dict(), **config_overrides})
         model = cls(config, dtype=dtype or config.torch_dtype)
-        model.build()
-        checkpoint.load_weights(model, path, progress=progress)
+        checkpoint.load_weights(model, path, progress=progress)  # builds the model
         return model
 
     def save_pretrained(self, path, max_shard_size="5GB", dtype=None, progress=True):

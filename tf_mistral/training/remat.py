@@ -1,0 +1,39 @@
+"""Rematerialization (gradient checkpointing) of the decoder layers.
+
+`rematerialize(model)` makes each decoder layer keep only its input for the backward pass and
+recompute its activations there (`tf.recompute_grad`): activation memory drops from every layer's
+intermediates (attention probabilities `[batch, heads, seq, seq]` float32, the MLP's
+`[batch, seq, intermediate]` tensors, ...) to one hidden state per layer, for about one extra
+forward pass of compute. Gradients are unchanged (up to float rounding).
+
+Why not `keras.RematScope`: on the TensorFlow backend Keras rematerializes a layer through
+`tf.recompute_grad`, which takes no keyword arguments in graph mode and no `None` outputs; our
+decoder layers take `cache=` and return `(hidden, None)` without a cache, so
+`RematScope(mode="full")` fails on them. `RematScope(mode="list_of_layers", layer_names=["mlp"])`
+around model construction does work (the MLPs take one positional input), which covers the MLP
+activations only.
+"""
+
+import tensorflow as tf
+
+
+def rematerialize(model):
+    """Recompute every decoder layer's activations in the backward pass (training without a KV
+    cache only; the cached inference path is unchanged). Returns the model."""
+    backbone = model if hasattr(model, "decoder_layers") else model.model
+    for layer in backbone.decoder_layers:
+        if getattr(layer, "_tf_mistral_remat", False):
+            continue
+        layer.call = _recomputed(layer.call)
+        layer._tf_mistral_remat = True
+    return model
+
+
+def _recomputed(call):
+    def remat_call(x, cos, sin, mask, cache=None, cache_start=None):
+        if cache is not None:
+            return call(x, cos, sin, mask, cache=cache, cache_start=cache_start)
+        layer_output = tf.recompute_grad(lambda x, cos, sin: call(x, cos, sin, mask)[0])
+        return layer_output(x, cos, sin), None
+
+    return remat_call
