@@ -64,6 +64,35 @@ def _find_model_file(path):
     )
 
 
+class _SentencepieceOp(tf.Module):
+    """`tensorflow_text.SentencepieceTokenizer` that survives `tf.random.set_seed`.
+
+    Setting the global seed clears TensorFlow's eager kernel cache, and with it the kernel that
+    owns the SentencePiece model resource; the next eager call then fails with NotFoundError.
+    Eager calls rebuild the op once and retry; traced graphs hold the resource they were built with.
+    """
+
+    def __init__(self, model_proto, **options):
+        super().__init__()
+        self._arguments = dict(model=model_proto, out_type=tf.int32, **options)
+        self._op = tf_text.SentencepieceTokenizer(**self._arguments)
+
+    def _call(self, method, values):
+        try:
+            return getattr(self._op, method)(values)
+        except tf.errors.NotFoundError as error:
+            if not tf.executing_eagerly() or "Sentencepiece" not in str(error):
+                raise
+            self._op = tf_text.SentencepieceTokenizer(**self._arguments)
+            return getattr(self._op, method)(values)
+
+    def tokenize(self, texts):
+        return self._call("tokenize", texts)
+
+    def detokenize(self, ids):
+        return self._call("detokenize", ids)
+
+
 def _load_processor(model_proto):
     if not isinstance(model_proto, bytes):
         raise TypeError(f"model_proto must be the bytes of a SentencePiece model, got {type(model_proto).__name__}")
@@ -227,10 +256,10 @@ class MistralTokenizer(tf.Module):
             ]
         )
         self._anchor_id = _anchor_id(processor)
-        self._sentencepiece = tf_text.SentencepieceTokenizer(model=model_proto, out_type=tf.int32)
+        self._sentencepiece = _SentencepieceOp(model_proto)
         # The op adds <s> / </s> itself at no cost; adding them afterwards costs as much as encoding.
-        self._sentencepiece_with_special_tokens = tf_text.SentencepieceTokenizer(
-            model=model_proto, out_type=tf.int32, add_bos=self.add_bos, add_eos=self.add_eos
+        self._sentencepiece_with_special_tokens = _SentencepieceOp(
+            model_proto, add_bos=self.add_bos, add_eos=self.add_eos
         )
 
     @property
