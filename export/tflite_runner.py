@@ -1,0 +1,228 @@
+"""Runs an exported `.tflite` (see `tf_mistral.export.tflite`) with the LiteRT interpreter.
+
+Generation, batch 1:
+1. Prefill all prompt tokens but the last through the `prefill_{N}` signatures. A remainder of r
+   tokens goes through the smallest N >= r, right-padded with position -1, or, when r exceeds
+   every N, through the largest N filled exactly; repeat. Padding is safe at any point, also
+   after the ring has wrapped under a sliding window: the graph writes only the entries whose
+   `input_pos` continue `input_pos[0] + i` (see `tflite.py`).
+2. Decode the last prompt token, then each new one, through `decode` (the cache rolls: position
+   p lives in slot p % T), and pick tokens with `tf_mistral.generation.sampling.next_tokens`
+   (greedy, temperature, top-k, top-p; the stateless RNG keyed by (seed, step)), compiled with
+   XLA as in `generate`, so a seed gives `generate`'s tokens.
+
+Without a sliding window every fed position needs its own slot: prompt + new tokens - 1 <= T.
+"""
+
+import json
+import os
+
+import numpy as np
+
+PAD_POSITION = -1  # input_pos of right padding: never continues a run, so the graph drops it
+
+
+def sidecar_path(model_path):
+    """The JSON written beside a `.tflite` (config values the runner needs)."""
+    return os.fspath(model_path) + ".json"
+
+
+def write_sidecar(model_path, config, cache_length, prefill_lengths, quantize):
+    """Records what the flatbuffer does not say: the sliding window, token ids, max positions."""
+    info = dict(
+        format="tf_mistral.tflite/1", quantize=quantize, cache_length=int(cache_length),
+        prefill_lengths=[int(n) for n in prefill_lengths], sliding_window=config.sliding_window,
+        vocab_size=config.vocab_size, bos_token_id=config.bos_token_id, eos_token_ids=list(config.eos_token_ids),
+        max_position_embeddings=config.max_position_embeddings,
+    )
+    with open(sidecar_path(model_path), "w") as file:
+        json.dump(info, file, indent=1)
+    return info
+
+
+def plan_prefill(count, lengths):
+    """Chunks `[(signature length N, real tokens)]` that cover `count` tokens (see the module doc)."""
+    chunks = []
+    while count > 0:
+        fitting = [n for n in lengths if n >= count]
+        size = fitting[0] if fitting else lengths[-1]
+        chunks.append((size, min(size, count)))
+        count -= chunks[-1][1]
+    return chunks
+
+
+class TFLiteRunner:
+    """Prefill / decode / generate over the signatures of one `.tflite` file.
+
+    Args:
+        path: the `.tflite` file.
+        num_threads: interpreter threads.
+        tokenizer: a `MistralTokenizer`, a tokenizer path, or None (needed by `generate_text` only;
+            None there means the default Mistral tokenizer).
+        sliding_window: "auto" reads `<path>.json` written by the exporter (no file: no window);
+            or an int / None.
+    """
+
+    def __init__(self, path, num_threads=2, tokenizer=None, sliding_window="auto"):
+        try:
+            from ai_edge_litert.interpreter import Interpreter
+        except ImportError as error:
+            raise ImportError(
+                f"running .tflite files needs ai-edge-litert: pip install 'tf_mistral[export]' ({error})"
+            ) from None
+        path = os.fspath(path)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"no TFLite model at {path}")
+        self.path = path
+        self.interpreter = Interpreter(model_path=path, num_threads=num_threads)
+        signatures = self.interpreter.get_signature_list()
+        lengths = sorted(int(name[len("prefill_"):]) for name in signatures if name.startswith("prefill_"))
+        if "decode" not in signatures or not lengths:
+            raise ValueError(
+                f"{path} has signatures {sorted(signatures)}; expected prefill_<N> and decode "
+                "(export it with tf_mistral.export.tflite.export_tflite)"
+            )
+        self.prefill_lengths = lengths
+        self._decode = self.interpreter.get_signature_runner("decode")
+        self._prefill = {n: self.interpreter.get_signature_runner(f"prefill_{n}") for n in lengths}
+        inputs = self._decode.get_input_details()
+        self.num_layers = sum(name.startswith("kv_cache_k_") for name in inputs)
+        self._shapes = {name: tuple(detail["shape"]) for name, detail in inputs.items() if name.startswith("kv_cache_")}
+        self.cache_length = int(self._shapes["kv_cache_k_0"][2])
+        self.vocab_size = int(self._decode.get_output_details()["logits"]["shape"][-1])
+        info = {}
+        if os.path.isfile(sidecar_path(path)):
+            with open(sidecar_path(path)) as file:
+                info = json.load(file)
+        self.sliding_window = info.get("sliding_window") if sliding_window == "auto" else sliding_window
+        self.eos_token_ids = tuple(info.get("eos_token_ids", ()))
+        self.max_positions = info.get("max_position_embeddings")
+        self._tokenizer = tokenizer
+        self._samplers = {}
+
+    # ---- the two signatures ---------------------------------------------------------------------
+
+    def empty_cache(self):
+        """Zeroed `{kv_cache_k_i: [1, KVH, T, Dh], kv_cache_v_i: [1, KVH, Dh, T]}` float32 arrays."""
+        return {name: np.zeros(shape, np.float32) for name, shape in self._shapes.items()}
+
+    def prefill(self, tokens, cache, start):
+        """Writes `tokens` (positions `start ..`) into `cache` chunk by chunk; returns the cache."""
+        tokens = np.asarray(tokens, np.int32).reshape(-1)
+        done = 0
+        for size, real in plan_prefill(len(tokens), self.prefill_lengths):
+            chunk = np.zeros((1, size), np.int32)
+            chunk[0, :real] = tokens[done:done + real]
+            positions = np.full((size,), PAD_POSITION, np.int32)
+            positions[:real] = np.arange(start + done, start + done + real, dtype=np.int32)
+            cache = self._prefill[size](tokens=chunk, input_pos=positions, **cache)
+            done += real
+        return cache
+
+    def decode(self, token, cache, position):
+        """One token at `position` -> (`logits` float32 `[vocab]`, updated cache)."""
+        outputs = self._decode(
+            tokens=np.array([[token]], np.int32), input_pos=np.array([position], np.int32), **cache
+        )
+        logits = outputs.pop("logits")
+        return logits.reshape(-1), outputs
+
+    # ---- generation -----------------------------------------------------------------------------
+
+    def check_length(self, prompt_length, max_new_tokens):
+        """Raises ValueError when a generation cannot fit the cache or the position range."""
+        fed = prompt_length + max_new_tokens - 1
+        if self.sliding_window is None and fed > self.cache_length:
+            raise ValueError(
+                f"prompt ({prompt_length} tokens) + max_new_tokens ({max_new_tokens}) needs {fed} cache slots, "
+                f"but {os.path.basename(self.path)} has {self.cache_length} and no sliding window: shorten "
+                f"the prompt, lower max_new_tokens, or re-export with --cache-length {fed} or more"
+            )
+        if self.max_positions is not None and fed > self.max_positions:
+            raise ValueError(
+                f"prompt ({prompt_length}) + max_new_tokens ({max_new_tokens}) exceeds the model's "
+                f"max_position_embeddings ({self.max_positions})"
+            )
+
+    def generate(
+        self,
+        input_ids,
+        max_new_tokens=20,
+        do_sample=False,
+        temperature=1.0,
+        top_k=None,
+        top_p=1.0,
+        seed=0,
+        eos_token_id="auto",
+        streamer=None,
+    ):
+        """Continues one prompt, as `TFMistralForCausalLM.generate` does for a batch of one.
+
+        Args:
+            input_ids: int token ids `[prompt]` (or `[1, prompt]`).
+            max_new_tokens, do_sample, temperature, top_k, top_p, seed: as `generate`.
+            eos_token_id: int or list ending the generation; "auto": the exporter's config; None: never.
+            streamer: as `generate`: an object with `put(token_ids [1])` and `end()` (e.g.
+                `tf_mistral.TextStreamer`), or a callable taking the token ids.
+
+        Returns:
+            int32 numpy `[prompt + n]`, n <= max_new_tokens (stops after an end token).
+        """
+        import tensorflow as tf
+
+        from tf_mistral.generation.sampling import SamplingMode, next_tokens, validate_sampling
+
+        prompt = np.asarray(input_ids).reshape(-1).astype(np.int64)
+        if prompt.size == 0:
+            raise ValueError("the prompt is empty: give at least one token (e.g. the BOS id 1)")
+        if prompt.min() < 0 or prompt.max() >= self.vocab_size:
+            raise ValueError(f"token ids must be in [0, {self.vocab_size}), got {prompt.min()} .. {prompt.max()}")
+        if not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
+        validate_sampling(do_sample, temperature, top_k, top_p)
+        self.check_length(prompt.size, int(max_new_tokens))
+        eos = self.eos_token_ids if eos_token_id == "auto" else tuple(np.atleast_1d(eos_token_id or []).tolist())
+        mode = SamplingMode(do_sample, int(top_k or 0) if do_sample else 0, bool(do_sample and top_p < 1.0))
+        sampling = (tf.constant(float(temperature)), tf.constant(float(top_p)), tf.constant(int(seed)))
+        if mode not in self._samplers:  # XLA, as in `generate`: XLA's stateless RNG differs from TF's kernels
+            self._samplers[mode] = tf.function(
+                lambda logits, temperature, top_p, seed, step: next_tokens(logits, mode, temperature, top_p, seed, step),
+                jit_compile=True,
+            )
+        sample = self._samplers[mode]
+
+        put = None if streamer is None else getattr(streamer, "put", streamer)
+        cache = self.prefill(prompt[:-1], self.empty_cache(), 0)
+        token, position, new = int(prompt[-1]), prompt.size - 1, []
+        for step in range(int(max_new_tokens)):
+            logits, cache = self.decode(token, cache, position)
+            token = int(sample(logits[None], *sampling, tf.constant(step))[0])
+            new.append(token)
+            if put is not None:
+                put(np.array([token], np.int32))
+            if token in eos:
+                break
+            position += 1
+        if hasattr(streamer, "end"):
+            streamer.end()
+        return np.concatenate([prompt, np.array(new, np.int64)]).astype(np.int32)
+
+    @property
+    def tokenizer(self):
+        from tf_mistral.tokenizer import MistralTokenizer
+
+        if not isinstance(self._tokenizer, MistralTokenizer):
+            self._tokenizer = MistralTokenizer.from_pretrained(self._tokenizer)
+        return self._tokenizer
+
+    def generate_text(self, prompt, max_new_tokens=20, **kwargs):
+        """Tokenizes `prompt` (with BOS), generates, and returns the new text (special tokens dropped)."""
+        tokenizer = self.tokenizer
+        if tokenizer.vocab_size > self.vocab_size:
+            raise ValueError(
+                f"the tokenizer has {tokenizer.vocab_size} pieces but the model's vocabulary is {self.vocab_size}: "
+                "pass the checkpoint's tokenizer"
+            )
+        ids = tokenizer.encode(prompt)
+        output = self.generate(ids, max_new_tokens=max_new_tokens, **kwargs)
+        return tokenizer.decode(output[len(ids):].tolist(), skip_special_tokens=True)

@@ -1,0 +1,288 @@
+"""TFLite / LiteRT export: signatures, builtin ops, parity with Keras / HF, the rolling cache,
+quantized variants, the LiteRT-LM bundle, and the errors users see."""
+
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import fixture_path
+
+pytest.importorskip("ai_edge_litert")
+
+from tf_mistral.export import tflite  # noqa: E402
+from tf_mistral.export.tflite_runner import TFLiteRunner, plan_prefill  # noqa: E402
+
+PREFILL = (4, 8)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """`exported(fixture, quantize, cache_length)` -> path of a cached export of a tiny fixture."""
+    folder = tmp_path_factory.mktemp("tflite")
+    paths = {}
+
+    def export(name="tiny_window", quantize="none", cache_length=16, prefill_lengths=PREFILL):
+        key = (name, quantize, cache_length, tuple(prefill_lengths))
+        if key not in paths:
+            path = folder / f"{name}_{quantize}_{cache_length}_{'_'.join(map(str, prefill_lengths))}.tflite"
+            tflite.export_tflite(
+                fixture_path(name), path, quantize=quantize, prefill_lengths=prefill_lengths,
+                cache_length=cache_length, progress=False,
+            )
+            paths[key] = path
+        return paths[key]
+
+    return export
+
+
+def test_signatures_follow_the_litert_lm_contract(exported):
+    runner = TFLiteRunner(exported())
+    signatures = runner.interpreter.get_signature_list()
+    assert sorted(signatures) == ["decode", "prefill_4", "prefill_8"]
+    caches = [f"kv_cache_{kind}_{i}" for i in range(2) for kind in "kv"]
+    for name, seq in [("prefill_4", 4), ("prefill_8", 8), ("decode", 1)]:
+        runner_ = runner.interpreter.get_signature_runner(name)
+        inputs = runner_.get_input_details()
+        assert sorted(inputs) == sorted(["tokens", "input_pos", *caches])
+        assert list(inputs["tokens"]["shape"]) == [1, seq] and inputs["tokens"]["dtype"] == np.int32
+        assert list(inputs["input_pos"]["shape"]) == [seq] and inputs["input_pos"]["dtype"] == np.int32
+        # tiny_window: 2 kv heads, head_dim 32, window 16 -> 16 slots; K [1,KVH,T,Dh], V [1,KVH,Dh,T]
+        assert list(inputs["kv_cache_k_0"]["shape"]) == [1, 2, 16, 32]
+        assert list(inputs["kv_cache_v_1"]["shape"]) == [1, 2, 32, 16]
+        outputs = runner_.get_output_details()
+        expected = [*caches, "logits"] if name == "decode" else caches
+        assert sorted(outputs) == sorted(expected)
+    assert list(runner._decode.get_output_details()["logits"]["shape"]) == [1, 1, 1000]
+
+
+@pytest.mark.parametrize("quantize", ["none", "fp16", "int8", "int4"])
+def test_only_builtin_ops(exported, quantize):
+    with open(exported(quantize=quantize), "rb") as file:
+        names = tflite.operator_names(file.read())
+    assert not [name for name in names if name.startswith("CUSTOM:")]
+    assert {"FULLY_CONNECTED", "DYNAMIC_UPDATE_SLICE"} <= names
+
+
+def test_operator_check_rejects_custom_ops():
+    import tensorflow as tf
+
+    from tf_mistral.export.tflite import check_builtin_ops
+
+    converter = tf.lite.TFLiteConverter.from_concrete_functions(
+        [tf.function(lambda x: tf.math.cumprod(x, axis=1), input_signature=[tf.TensorSpec([2, 2])]).get_concrete_function()]
+    )
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS, tf.lite.OpsSet.SELECT_TF_OPS]
+    with pytest.raises(ValueError, match="non-builtin ops.*Flex"):
+        check_builtin_ops(converter.convert())
+
+
+def test_decode_logits_equal_keras(exported, causal_lm, reference):
+    ids = reference("tiny_window")["input_ids"][0, :13]
+    runner = TFLiteRunner(exported())
+    cache = runner.prefill(ids[:-1], runner.empty_cache(), 0)
+    logits, _ = runner.decode(int(ids[-1]), cache, len(ids) - 1)
+    expected = causal_lm("tiny_window")(ids[None]).logits.numpy()[0, -1]
+    np.testing.assert_allclose(logits, expected, atol=1e-4)
+
+
+@pytest.mark.parametrize("case", ["gen_long_prompt", "gen_short_prompt"])
+def test_generation_far_past_the_window_equals_hf(exported, reference, case):
+    """tiny_window: W = 16 and 16 slots; the 40-token prompt is prefilled in wrapped chunks
+    (the last one padded) and 60 tokens are decoded through the rolling cache."""
+    ref = reference("tiny_window")
+    prompt, expected = ref[f"{case}_input"].reshape(-1), ref[case].reshape(-1)
+    runner = TFLiteRunner(exported())
+    output = runner.generate(prompt, max_new_tokens=len(expected) - len(prompt), eos_token_id=None)
+    np.testing.assert_array_equal(output, expected)
+
+
+def test_generation_without_window_equals_hf(exported, reference):
+    ref = reference("tiny_nowindow")
+    prompt, expected = ref["gen_long_prompt_input"].reshape(-1), ref["gen_long_prompt"].reshape(-1)
+    runner = TFLiteRunner(exported("tiny_nowindow", cache_length=len(expected)))
+    output = runner.generate(prompt, max_new_tokens=len(expected) - len(prompt), eos_token_id=None)
+    np.testing.assert_array_equal(output, expected)
+
+
+def test_right_padding_keeps_history_after_the_ring_wrapped(exported, reference):
+    """20 tokens exactly, then 7 real + 1 padding through prefill_8 overwrite nothing they should not:
+    the cache equals the one made by decode steps only."""
+    ids = reference("tiny_window")["input_ids"][0, :27]
+    runner = TFLiteRunner(exported())
+    padded = runner.prefill(ids, runner.empty_cache(), 0)  # chunks 8, 8, 8, 3 of prefill_4 (1 pad)
+    stepped = runner.empty_cache()
+    for position, token in enumerate(ids):
+        _, stepped = runner.decode(int(token), stepped, position)
+    assert plan_prefill(27, [4, 8]) == [(8, 8), (8, 8), (8, 8), (4, 3)]
+    for name in stepped:
+        np.testing.assert_allclose(padded[name], stepped[name], atol=1e-5, err_msg=name)
+    chunk = np.zeros((1, 8), np.int32)
+    chunk[0, :7] = ids[20:27]
+    positions = np.array([20, 21, 22, 23, 24, 25, 26, 0], np.int32)  # LiteRT-LM pads with position 0
+    early = runner.prefill(ids[:20], runner.empty_cache(), 0)
+    litert_lm_style = runner._prefill[8](tokens=chunk, input_pos=positions, **early)
+    for name in stepped:
+        np.testing.assert_allclose(litert_lm_style[name], stepped[name], atol=1e-5, err_msg=name)
+
+
+def test_sampling_equals_keras_generate(exported, causal_lm, reference):
+    prompt = reference("tiny_window")["gen_short_prompt_input"].reshape(-1)
+    settings = dict(do_sample=True, temperature=0.8, top_k=50, top_p=0.9, seed=7)
+    expected = causal_lm("tiny_window").generate(prompt[None], max_new_tokens=30, eos_token_id=[], **settings)[0]
+    output = TFLiteRunner(exported()).generate(prompt, max_new_tokens=30, eos_token_id=None, **settings)
+    np.testing.assert_array_equal(output, expected)
+
+
+@pytest.mark.parametrize(
+    "quantize, min_agreement, max_diff, min_correlation",
+    [("fp16", 1.0, 0.05, 0.9999), ("int8", 0.9, 1.5, 0.99), ("int4", 0.12, 9.0, 0.7)],
+)
+def test_quantized_variants_track_the_float_model(
+    exported, causal_lm, reference, quantize, min_agreement, max_diff, min_correlation
+):
+    """Teacher-forced over HF's 60 greedy tokens: top-1 agreement, logit distance and correlation
+    with Keras float32 (measured: fp16 1.0 / 0.029 / 0.999997, int8 0.98 / 0.96 / 0.997, int4
+    0.18 / 6.6 / 0.81, chance being 0.001 / - / 0; logits span +-6.9). Hidden size 64 leaves int4
+    two blocks of 32 per row, and std-0.2 random weights suffer from rounding far more than a
+    trained model (see docs/tflite.md for the 175M model)."""
+    ref = reference("tiny_window")
+    prompt, sequence = ref["gen_long_prompt_input"].reshape(-1), ref["gen_long_prompt"].reshape(-1)
+    expected = causal_lm("tiny_window")(sequence[None]).logits.numpy()[0, len(prompt) - 1:-1]
+    runner = TFLiteRunner(exported(quantize=quantize))
+    cache = runner.prefill(prompt[:-1], runner.empty_cache(), 0)
+    logits = []
+    for position in range(len(prompt) - 1, len(sequence) - 1):
+        step, cache = runner.decode(int(sequence[position]), cache, position)
+        logits.append(step)
+    logits = np.stack(logits)
+    assert (logits.argmax(-1) == expected.argmax(-1)).mean() >= min_agreement
+    assert np.abs(logits - expected).max() <= max_diff
+    assert np.corrcoef(logits.ravel(), expected.ravel())[0, 1] >= min_correlation
+
+
+def test_quantized_files_are_smaller(exported):
+    import os
+
+    sizes = {q: os.path.getsize(exported(quantize=q)) for q in ["none", "fp16", "int8", "int4"]}
+    assert sizes["fp16"] < 0.6 * sizes["none"]
+    assert sizes["int8"] < 0.45 * sizes["none"]
+    assert sizes["int4"] < sizes["int8"]
+
+
+def test_progress_names_the_stages(tmp_path, capsys):
+    tflite.export_tflite(fixture_path("tiny_window"), tmp_path / "m.tflite", prefill_lengths=[4], cache_length=16)
+    printed = capsys.readouterr().out
+    for stage in ["loading", "tracing", "converting", "writing", "done"]:
+        assert f"[tflite] {stage}" in printed
+
+
+def test_unknown_quantize_option_is_rejected(tmp_path):
+    with pytest.raises(ValueError, match="quantize must be one of none, fp16, int8, int4; got 'int3'"):
+        tflite.export_tflite(fixture_path("tiny_window"), tmp_path / "m.tflite", quantize="int3")
+
+
+def test_prefill_longer_than_the_cache_is_rejected(tmp_path):
+    with pytest.raises(ValueError, match=r"prefill lengths \[32\] do not fit the cache of 16 slots \(sliding window 16\)"):
+        tflite.export_tflite(fixture_path("tiny_window"), tmp_path / "m.tflite", prefill_lengths=[4, 32])
+
+
+def test_missing_checkpoint_is_reported(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        tflite.export_tflite(tmp_path / "nowhere", tmp_path / "m.tflite")
+
+
+def test_missing_quantizer_package_is_reported(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ai_edge_quantizer", None)
+    with pytest.raises(ImportError, match="int4 needs ai-edge-quantizer: pip install 'tf_mistral\\[export\\]'"):
+        tflite.export_tflite(fixture_path("tiny_window"), tmp_path / "m.tflite", quantize="int4")
+
+
+def test_missing_litert_lm_builder_is_reported(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "litert_lm_builder", None)
+    with pytest.raises(ImportError, match="needs litert-lm-builder"):
+        tflite.export_tflite(fixture_path("tiny_window"), tmp_path / "m.tflite", litertlm=True)
+
+
+def test_prompt_longer_than_a_windowless_cache_is_rejected(exported):
+    runner = TFLiteRunner(exported("tiny_nowindow", cache_length=16))
+    with pytest.raises(ValueError, match=r"needs 24 cache slots, but .* has 16 and no sliding window"):
+        runner.generate(np.arange(3, 23), max_new_tokens=5)
+
+
+def test_streamer_receives_every_new_token(exported, reference):
+    prompt = reference("tiny_window")["gen_short_prompt_input"].reshape(-1)
+    received = []
+    output = TFLiteRunner(exported()).generate(prompt, max_new_tokens=5, eos_token_id=None, streamer=received.append)
+    np.testing.assert_array_equal(np.concatenate(received), output[len(prompt):])
+
+
+def test_windowed_model_accepts_prompts_longer_than_the_cache(exported):
+    runner = TFLiteRunner(exported())
+    assert len(runner.generate(np.arange(3, 53), max_new_tokens=3, eos_token_id=None)) == 53
+
+
+# ---- LiteRT-LM ----------------------------------------------------------------------------------
+
+
+def _tiny_model_with_mistral_vocab(sliding_window):
+    """tiny_window's shapes with the real 32000-piece vocabulary, random weights (std 0.2)."""
+    from tf_mistral import MistralConfig, TFMistralForCausalLM
+
+    config = MistralConfig.from_json_file(fixture_path("tiny_window"))
+    config = MistralConfig.from_dict({**config.to_dict(), "vocab_size": 32000, "sliding_window": sliding_window})
+    model = TFMistralForCausalLM(config, dtype="float32")
+    model.build()
+    rng = np.random.default_rng(0)
+    for weight in model.weights:
+        is_norm = len(weight.shape) == 1
+        value = 1.0 + 0.1 * rng.standard_normal(weight.shape) if is_norm else 0.2 * rng.standard_normal(weight.shape)
+        weight.assign(value.astype(np.float32))
+    return model
+
+
+@pytest.fixture(scope="module")
+def bundles(tmp_path_factory):
+    pytest.importorskip("litert_lm")
+    pytest.importorskip("litert_lm_builder")
+    folder = tmp_path_factory.mktemp("litertlm")
+    made = {}
+    for name, window, slots in [("nowindow", None, 96), ("window", 16, 16)]:
+        result = tflite.export_tflite(
+            _tiny_model_with_mistral_vocab(window), folder / f"{name}.tflite", prefill_lengths=[8],
+            cache_length=slots, litertlm=True, progress=False,
+        )
+        made[name] = result
+    return made
+
+
+PROMPT = "The quick brown fox jumps over the lazy dog, and then"
+
+
+@pytest.mark.slow
+def test_litert_lm_engine_equals_our_runner(bundles):
+    """LiteRT-LM prefills all prompt tokens but the last (prefill_8, then the rest right-padded with
+    position 0) and decodes 60 greedy tokens."""
+    from tf_mistral.export import litertlm
+
+    result = bundles["nowindow"]
+    ours = TFLiteRunner(result["path"]).generate_text(PROMPT, max_new_tokens=60)
+    theirs = litertlm.generate_text(result["litertlm"], PROMPT, max_new_tokens=60)
+    assert len(ours) > 60
+    assert theirs == ours
+
+
+@pytest.mark.slow
+def test_litert_lm_stops_at_the_cache_length_under_a_window(bundles):
+    """LiteRT-LM's CPU executor takes the KV cache length as the context limit (no rolling cache on
+    CPU): with 16 slots and a 6-token prompt it generates about 16 - 6 tokens, equal to ours."""
+    from tf_mistral.export import litertlm
+
+    result = bundles["window"]
+    runner = TFLiteRunner(result["path"])
+    prompt = "The quick brown fox"
+    tokens = runner.tokenizer.encode(prompt)
+    ours = runner.generate(tokens, max_new_tokens=20)[len(tokens):].tolist()
+    theirs = litertlm.generate_text(result["litertlm"], prompt, max_new_tokens=20)
+    room = 16 - len(tokens)
+    assert theirs in [runner.tokenizer.decode(ours[:count], skip_special_tokens=True) for count in (room, room + 1)]
