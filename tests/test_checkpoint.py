@@ -18,6 +18,7 @@ from tf_mistral import (
     TFMistralForTokenClassification,
     TFMistralModel,
 )
+from tf_mistral import checkpoint
 from tf_mistral.checkpoint import INDEX_FILE, SINGLE_FILE, CheckpointError, parse_size
 
 K_PROJ = "model.layers.0.self_attn.k_proj.weight"
@@ -101,6 +102,22 @@ def test_sequence_classifier_from_causal_lm_checkpoint_warns_score_is_new(causal
     with pytest.warns(UserWarning, match=r"score\.weight.*newly initialised"):
         model = load(fixture_path("tiny_window"), TFMistralForSequenceClassification, num_labels=3)
     assert_same_weights(model.model, causal_lm("tiny_window").model)
+
+
+def test_head_missing_from_checkpoint_gets_a_random_initialisation():
+    with pytest.warns(UserWarning, match="newly initialised"):
+        model = load(fixture_path("tiny_window"), TFMistralForSequenceClassification, num_labels=3)
+    assert np.abs(model.score.kernel.numpy()).min() > 0
+
+
+def test_loading_leaves_the_layers_initializers_as_they_were(causal_lm):
+    dense = causal_lm("tiny_window").lm_head
+    assert isinstance(dense.kernel_initializer, keras.initializers.GlorotUniform)
+
+
+def test_tensors_larger_than_a_read_block_load_identically(causal_lm, monkeypatch):
+    monkeypatch.setattr(checkpoint, "_BLOCK_BYTES", 1000)  # a few rows per block, many blocks per tensor
+    assert_same_weights(load(fixture_path("tiny_window")), causal_lm("tiny_window"))
 
 
 def test_token_classifier_from_causal_lm_checkpoint_warns_about_weight_and_bias():

@@ -3,10 +3,11 @@
 The weight names are HF's; the table below is almost the identity, because our layer names follow
 the checkpoint. PyTorch stores linear weights `[out, in]`, Keras `Dense` kernels are `[in, out]`.
 
-Tensors are read and written one at a time with plain file I/O (the safetensors format is an
-8-byte header length, a JSON header and raw little-endian data), so peak memory stays near one
-copy of the model: a bfloat16 checkpoint goes into bfloat16 variables without a float32 detour,
-and nothing is memory-mapped for the life of the load.
+Tensors are read with plain file I/O (the safetensors format is an 8-byte header length, a JSON
+header and raw little-endian data), 16 MB of rows at a time, straight into variables built with
+zeros (no random init), so peak memory stays near one copy of the model (docs/memory.md): a
+bfloat16 checkpoint goes into bfloat16 variables without a float32 detour, and nothing is
+memory-mapped.
 """
 
 import dataclasses
@@ -37,7 +38,7 @@ _DTYPES = {
     "BOOL": np.dtype("bool"),
 }
 _DTYPE_NAMES = {dtype: name for name, dtype in _DTYPES.items()}
-_BLOCK_BYTES = 64 * 2**20  # rows read and assigned at once while loading
+_BLOCK_BYTES = 16 * 2**20  # rows read and assigned at once while loading
 # Head weights that a checkpoint of another head type carries; HF skips them silently too.
 _OTHER_HEADS = {"lm_head.weight", "score.weight", "score.bias"}
 
