@@ -6,6 +6,7 @@ so that no top-level package named `export` lands in users' environments.
 from setuptools import find_packages, setup
 
 setup(
-    packages=find_packages(include=["tf_mistral", "tf_mistral.*"]) + ["tf_mistral.export"],
+    # tf_mistral/data holds no Python: listed by hand so that setuptools ships it (package_data).
+    packages=find_packages(include=["tf_mistral", "tf_mistral.*"]) + ["tf_mistral.data", "tf_mistral.export"],
     package_dir={"tf_mistral.export": "export"},
 )

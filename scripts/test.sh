@@ -1,8 +1,15 @@
 #!/usr/bin/env bash
 # Set up with the test and reference extras (PyTorch + HF transformers for the optional
-# round-trip tests), then run the whole test suite, notebooks included. Arguments go to pytest.
+# round-trip tests), then run the whole test suite, notebooks included (executed by nbmake on the
+# venv's python). Arguments go to pytest and replace the default paths "tests notebooks",
+# e.g. `bash scripts/test.sh tests/test_cli.py -x`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh "test,reference"
 export TF_CPP_MIN_LOG_LEVEL=2
-exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
+# The notebook kernel ("python3") is started as `python`: make that the venv's.
+export PATH="$PWD/.venv/bin:$PATH"
+if [ "$#" -eq 0 ]; then
+  set -- tests notebooks
+fi
+exec .venv/bin/python -m pytest -q -p no:cacheprovider --nbmake --nbmake-timeout=900 "$@"

@@ -10,7 +10,27 @@ it (`slot_positions`), and a negative position marks a slot never written. Posit
 columns of the (left-padded) batch; padding is masked by each row's `pad_start`.
 """
 
+import contextlib
+
 from keras import ops
+
+_select_writes = False  # set by `select_writes()`, read while tracing `write`
+
+
+@contextlib.contextmanager
+def select_writes():
+    """Within this block, `write` traces a 1-token chunk like a longer one (gather + select).
+
+    On the TensorFlow backend `slice_update` is the XLA op `XlaDynamicUpdateSlice`, which outside
+    XLA runs only by compiling that op with XLA on the spot. The SavedModel exporter traces under
+    this block so that its graph needs core TensorFlow kernels alone (stock TF Serving, no XLA).
+    """
+    global _select_writes
+    saved, _select_writes = _select_writes, True
+    try:
+        yield
+    finally:
+        _select_writes = saved
 
 
 def cache_length(max_length, sliding_window):
@@ -37,6 +57,34 @@ def slot_positions(start, length):
     return last - ops.mod(last - slots, length)
 
 
+def writes_first(seq):
+    """Whether a chunk of `seq` tokens (a static int, or None) is written before it attends.
+
+    A single token (a decode step) is: it then attends to the updated cache alone, so the old
+    cache has one reader, the write, and XLA updates it in place inside the decode loop. A longer
+    chunk may overwrite slots its own first tokens still need, so it attends to the cache as it
+    was, followed by itself, and is written afterwards.
+    """
+    return seq == 1
+
+
+def key_positions(query_positions, length):
+    """int32 keys: the position of each key that a chunk at `query_positions` attends to.
+
+    Args:
+        query_positions: int32 `[seq]`, consecutive, the chunk's positions.
+        length: slots in the cache.
+
+    Returns:
+        `[length]` (the slots after the write) when `writes_first(seq)`, else `[length + seq]`
+        (the slots before the write, then the chunk). Negative: an empty slot.
+    """
+    start = query_positions[0]
+    if writes_first(query_positions.shape[0]):
+        return slot_positions(start + 1, length)
+    return ops.concatenate([slot_positions(start, length), query_positions], axis=0)
+
+
 def write(k_cache, v_cache, k_new, v_new, start):
     """Writes a chunk of keys/values for positions `start .. start + seq - 1`.
 
@@ -49,18 +97,20 @@ def write(k_cache, v_cache, k_new, v_new, start):
 
     Returns:
         The updated `(k_cache, v_cache)`. Only the chunk's last `length` entries are kept.
-        A single step is one `slice_update` (TFLite DYNAMIC_UPDATE_SLICE); a longer chunk may wrap
-        around the ring, so it is a gather of the chunk and a select per slot.
+        A single step is one `slice_update` (TFLite DYNAMIC_UPDATE_SLICE; see `select_writes`);
+        a longer chunk may wrap around the ring, so it is a gather of the chunk and a select per slot.
     """
     length = k_cache.shape[2]
     seq = k_new.shape[2]
     start = ops.cast(start, "int32")
-    if seq == 1:
+    if seq == 1 and not _select_writes:
         slot = ops.mod(start, length)
         zero = ops.zeros((), dtype="int32")
         k_cache = ops.slice_update(k_cache, [zero, zero, slot, zero], k_new)
         v_cache = ops.slice_update(v_cache, [zero, zero, zero, slot], v_new)
         return k_cache, v_cache
+    if seq is None:  # traced with a dynamic chunk length
+        seq = ops.shape(k_new)[2]
     # Slot s receives the chunk's newest position congruent to s, if the chunk reaches it.
     newest = slot_positions(start + seq, length)
     written = newest >= start

@@ -4,6 +4,7 @@ Prompts are padded on the left to a bucket so that a new prompt length reuses a 
 the number of new tokens is a tensor inside a bucketed buffer, for the same reason.
 """
 
+import contextlib
 import time
 
 import numpy as np
@@ -69,6 +70,7 @@ class GenerationMixin:
         eos_token_id=None,
         pad_token_id=None,
         streamer=None,
+        jit_compile=True,
     ):
         """Generates continuations, as HF `generate` does.
 
@@ -82,6 +84,9 @@ class GenerationMixin:
             pad_token_id: what a finished row emits (default: config pad, else the first eos).
             streamer: an object with `put(token_ids [batch])` and `end()` (e.g. `TextStreamer`),
                 or a callable taking the token ids; it receives each new column as it is made.
+            jit_compile: compile the loop with XLA (the default: on CPU the faster path for
+                float32, bfloat16 and int8 alike, docs/benchmarks.md) or, False, run it as a plain
+                TensorFlow graph.
 
         Returns:
             int32 numpy `[batch, prompt + n]`: the prompt as given followed by the new tokens
@@ -114,6 +119,8 @@ class GenerationMixin:
                 f"exceeds max_position_embeddings ({self.config.max_position_embeddings}); shorten the prompt"
             )
         validate_sampling(do_sample, temperature, top_k, top_p)
+        if not isinstance(jit_compile, bool):
+            raise ValueError(f"jit_compile must be True (XLA) or False (TF graph), got {jit_compile!r}")
         eos = self.config.eos_token_ids if eos_token_id is None else list(np.atleast_1d(eos_token_id).tolist())
         if pad_token_id is None:
             pad_token_id = self.config.pad_token_id if self.config.pad_token_id is not None else (eos[0] if eos else 0)
@@ -134,20 +141,27 @@ class GenerationMixin:
         width = new_tokens_bucket(int(max_new_tokens))
         cache_length = kv_cache.cache_length(bucket + width - 1, self.config.sliding_window)
         if streamer is None:
-            fused = self._compiled("fused", batch, bucket, width, cache_length, sampling)
+            fused = self._compiled("fused", batch, bucket, width, cache_length, sampling, jit_compile)
             tokens, steps = fused(tf.constant(ids), tf.constant(mask), tf.constant(int(max_new_tokens)),
                                   sampling.temperature, sampling.top_p, sampling.seed)
             tokens, steps = tokens.numpy(), int(steps)
         else:
-            tokens, steps = self._generate_streaming(ids, mask, int(max_new_tokens), width, cache_length, sampling, streamer)
+            tokens, steps = self._generate_streaming(
+                ids, mask, int(max_new_tokens), width, cache_length, sampling, streamer, jit_compile
+            )
         return np.concatenate([input_ids, tokens[:, :steps]], axis=1)
 
-    def _compiled(self, kind, batch, bucket, width, cache_length, sampling):
-        """The XLA-compiled function for one shape and mode, made on first use and then reused."""
+    def _compiled(self, kind, batch, bucket, width, cache_length, sampling, jit_compile):
+        """The compiled function for one shape and mode, made on first use and then reused.
+
+        Without XLA, cache writes are traced as gathers and selects (`cache.select_writes`): the
+        XLA op of a single-slot update would otherwise be compiled on its own at every step.
+        """
         if not hasattr(self, "_generation_functions"):
             self._generation_functions = {}
             self.generation_traces = 0
-        key = (kind, batch, bucket, width, cache_length, sampling.mode, sampling.eos_token_ids, sampling.pad_token_id)
+        key = (kind, batch, bucket, width, cache_length, sampling.mode, sampling.eos_token_ids,
+               sampling.pad_token_id, jit_compile)
         if key not in self._generation_functions:
             static = dict(mode=sampling.mode, eos_token_ids=sampling.eos_token_ids, pad_token_id=sampling.pad_token_id)
 
@@ -167,16 +181,21 @@ class GenerationMixin:
                 return loop.decode_step(self, state, run)
 
             function = {"fused": fused, "begin": begin, "step": step}[kind]
-            self._generation_functions[key] = tf.function(function, jit_compile=True)
+
+            def traced(*args):
+                with contextlib.nullcontext() if jit_compile else kv_cache.select_writes():
+                    return function(*args)
+
+            self._generation_functions[key] = tf.function(traced, jit_compile=jit_compile)
         return self._generation_functions[key]
 
-    def _generate_streaming(self, ids, mask, max_new_tokens, width, cache_length, sampling, streamer):
+    def _generate_streaming(self, ids, mask, max_new_tokens, width, cache_length, sampling, streamer, jit_compile):
         """The same steps as the fused loop, driven from Python so each token reaches `streamer`."""
         put = streamer if callable(streamer) and not hasattr(streamer, "put") else streamer.put
         args = (sampling.temperature, sampling.top_p, sampling.seed)
         batch, bucket = ids.shape
-        state = self._compiled("begin", batch, bucket, width, cache_length, sampling)(ids, mask, *args)
-        step_function = self._compiled("step", batch, bucket, width, cache_length, sampling)
+        state = self._compiled("begin", batch, bucket, width, cache_length, sampling, jit_compile)(ids, mask, *args)
+        step_function = self._compiled("step", batch, bucket, width, cache_length, sampling, jit_compile)
         put(state["token"].numpy())
         while int(state["step"]) < max_new_tokens and not bool(tf.reduce_all(state["finished"])):
             state = step_function(state, *args)

@@ -67,7 +67,8 @@ def prefill(model, input_ids, pad_start, cache):
 
 
 class Sampling(NamedTuple):
-    """How tokens are chosen and when rows end; `mode` is static, the rest may be tensors."""
+    """How tokens are chosen and when rows end; `mode` is static, the rest may be tensors
+    (`top_k` is read only when `mode.top_k` is `sampling.RUNTIME`)."""
 
     mode: SamplingMode
     temperature: object = 1.0
@@ -75,13 +76,14 @@ class Sampling(NamedTuple):
     seed: object = 0
     eos_token_ids: tuple = ()
     pad_token_id: int = 0
+    top_k: object = 0
 
 
 def _emit(state, logits, sampling):
     """Picks the token of column `state["step"]` from `logits [batch, vocab]`."""
     tokens, finished, step = state["tokens"], state["finished"], state["step"]
     batch = tf.shape(tokens)[0]
-    token = next_tokens(logits, sampling.mode, sampling.temperature, sampling.top_p, sampling.seed, step)
+    token = next_tokens(logits, sampling.mode, sampling.temperature, sampling.top_p, sampling.seed, step, sampling.top_k)
     token = tf.where(finished, sampling.pad_token_id, token)
     tokens = tf.tensor_scatter_nd_update(tokens, tf.stack([tf.range(batch), tf.fill([batch], step)], axis=1), token)
     eos = tf.constant(list(sampling.eos_token_ids) or [-1], tf.int32)

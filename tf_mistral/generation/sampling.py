@@ -1,20 +1,26 @@
 """Choosing the next token: greedy, or sampling with temperature, top-k and top-p (HF's order).
 
 Sampling is Gumbel-max over the filtered logits with TensorFlow's stateless RNG, keyed by
-`(seed, step)`, so a seed reproduces a generation exactly, inside or outside XLA.
+`(seed, step)`, so a seed reproduces a generation exactly. TensorFlow's RNG kernels draw other
+numbers under XLA than without it, so the same seed samples differently in an XLA-compiled loop
+(`generate`) and in a plain graph (the default SavedModel export); greedy decoding is the same.
 """
 
 import dataclasses
 
 import tensorflow as tf
 
+RUNTIME = -1  # a `SamplingMode` field decided by tensors at run time (SavedModel signatures)
+
 
 @dataclasses.dataclass(frozen=True)
 class SamplingMode:
     """The parts of sampling that change the traced graph (the rest are tensors).
 
-    do_sample: False for greedy. top_k: 0 for no top-k filter. top_p: whether a top-p
-    filter runs (its threshold is a tensor).
+    do_sample: False for greedy, True to sample, or `RUNTIME`: sample when the `temperature`
+    tensor is > 0, else greedy. top_k: 0 for no top-k filter, k > 0 for a fixed k, or `RUNTIME`:
+    k is the `top_k` tensor (0 or >= vocab: no filter). top_p: whether a top-p filter runs (its
+    threshold is a tensor).
     """
 
     do_sample: bool = False
@@ -34,7 +40,7 @@ def validate_sampling(do_sample, temperature, top_k, top_p):
         raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
 
 
-def next_tokens(logits, mode, temperature, top_p, seed, step):
+def next_tokens(logits, mode, temperature, top_p, seed, step, top_k=0):
     """Picks one token per row.
 
     Args:
@@ -42,6 +48,7 @@ def next_tokens(logits, mode, temperature, top_p, seed, step):
         mode: `SamplingMode`.
         temperature, top_p: float32 scalars (ignored when greedy; top_p only with mode.top_p).
         seed: int32 scalar; step: int32 scalar, mixed into the stateless RNG key.
+        top_k: int32 scalar, read only when `mode.top_k` is `RUNTIME`.
 
     Returns:
         int32 `[batch]`.
@@ -49,11 +56,22 @@ def next_tokens(logits, mode, temperature, top_p, seed, step):
     logits = tf.cast(logits, tf.float32)
     if not mode.do_sample:
         return tf.argmax(logits, axis=-1, output_type=tf.int32)
+    if mode.do_sample == RUNTIME:
+        return tf.cond(
+            temperature > 0,
+            lambda: _sample(logits, mode, temperature, top_p, seed, step, top_k),
+            lambda: tf.argmax(logits, axis=-1, output_type=tf.int32),
+        )
+    return _sample(logits, mode, temperature, top_p, seed, step, top_k)
+
+
+def _sample(logits, mode, temperature, top_p, seed, step, top_k):
+    """Gumbel-max over the temperature-scaled, top-k / top-p filtered float32 logits."""
     logits = logits / temperature
     removed = tf.constant(-float("inf"), tf.float32)
     if mode.top_k:
-        kth_largest = tf.math.top_k(logits, k=mode.top_k).values[:, -1:]
-        logits = tf.where(logits < kth_largest, removed, logits)
+        k = top_k if mode.top_k == RUNTIME else mode.top_k
+        logits = tf.where(logits < _kth_largest(logits, k), removed, logits)
     if mode.top_p:
         descending = tf.sort(logits, axis=-1, direction="DESCENDING")
         probs = tf.nn.softmax(descending, axis=-1)
@@ -65,3 +83,16 @@ def next_tokens(logits, mode, temperature, top_p, seed, step):
     uniform = tf.random.stateless_uniform(tf.shape(logits), seed=key, minval=1e-20, maxval=1.0)
     gumbel = -tf.math.log(-tf.math.log(uniform))
     return tf.argmax(logits + gumbel, axis=-1, output_type=tf.int32)
+
+
+def _kth_largest(logits, k):
+    """float32 `[batch, 1]`: each row's k-th largest logit. `k` is a Python int, or an int32 scalar
+    tensor for which 0 or >= vocab means no filter (-inf); a tensor k is read from a full sort, as
+    XLA needs static shapes (`top_k` with a tensor k has a dynamic one)."""
+    if isinstance(k, int):
+        return tf.math.top_k(logits, k=k).values[:, -1:]
+    vocab = tf.shape(logits)[-1]
+    k = tf.cast(k, tf.int32)
+    descending = tf.sort(logits, axis=-1, direction="DESCENDING")
+    kth_largest = tf.gather(descending, tf.clip_by_value(k, 1, vocab)[None] - 1, axis=1)
+    return tf.where((k > 0) & (k < vocab), kth_largest, -float("inf"))

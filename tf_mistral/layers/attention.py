@@ -37,13 +37,14 @@ class MistralAttention(keras.layers.Layer):
         self.o_proj.build((*input_shape[:-1], self.num_attention_heads * self.head_dim))
 
     def call(self, x, cos, sin, mask, cache=None, cache_start=None):
-        """Attends `x` to itself, or to the cache followed by itself.
+        """Attends `x` to itself, or to the cache and itself (see `tf_mistral.cache.key_positions`).
 
         Args:
             x: `[batch, seq, hidden]`, compute dtype.
             cos, sin: `[batch, seq, head_dim]` rotary tables for the positions of `x`.
-            mask: bool `[batch, 1, 1, seq, keys]`; keys are `seq` without a cache and
-                `cache_length + seq` with one (cache slots first).
+            mask: bool `[batch, 1, 1, seq, keys]`; keys are `seq` without a cache; with one,
+                `cache_length` for a single token (written first, then the updated cache is read)
+                and `cache_length + seq` for a longer chunk (the cache before the write, then `x`).
             cache: None, or `(K [batch, kv_heads, cache_length, head_dim],
                 V [batch, kv_heads, head_dim, cache_length])` holding the positions before
                 `cache_start`.
@@ -63,22 +64,25 @@ class MistralAttention(keras.layers.Layer):
         v = ops.reshape(self.v_proj(x), (batch, seq, kv_heads, head_dim))
         v = ops.transpose(v, (0, 2, 3, 1))  # [B, KVH, D, S]
 
-        scores = ops.einsum("bkqd,bktd->bkqt", q, k)
-        if cache is not None:
-            scores = ops.concatenate([ops.einsum("bkqd,bktd->bkqt", q, cache[0]), scores], axis=-1)
+        if cache is None:
+            keys, values, new_cache = [k], [v], None
+        elif kv_cache.writes_first(x.shape[1]):
+            new_cache = kv_cache.write(cache[0], cache[1], k, v, cache_start)
+            keys, values = [new_cache[0]], [new_cache[1]]
+        else:
+            keys, values = [cache[0], k], [cache[1], v]
+            new_cache = kv_cache.write(cache[0], cache[1], k, v, cache_start)
+
+        scores = ops.concatenate([ops.einsum("bkqd,bktd->bkqt", q, key) for key in keys], axis=-1)
         scores = scores * ops.cast(head_dim**-0.5, scores.dtype)
         scores = ops.reshape(ops.cast(scores, "float32"), (batch, kv_heads, groups, seq, -1))
         probs = ops.softmax(ops.where(mask, scores, _MASKED), axis=-1)
         probs = ops.reshape(ops.cast(probs, self.compute_dtype), (batch, kv_heads, groups * seq, -1))
-
-        new_cache = None
-        if cache is None:
-            out = ops.einsum("bkqt,bkdt->bkqd", probs, v)
-        else:
-            cached = cache[0].shape[2]
-            out = ops.einsum("bkqt,bkdt->bkqd", probs[..., :cached], cache[1])
-            out = out + ops.einsum("bkqt,bkdt->bkqd", probs[..., cached:], v)
-            new_cache = kv_cache.write(cache[0], cache[1], k, v, cache_start)
+        out, offset = 0, 0
+        for value in values:
+            length = ops.shape(value)[-1]
+            out = out + ops.einsum("bkqt,bkdt->bkqd", probs[..., offset:offset + length], value)
+            offset = offset + length
 
         out = ops.reshape(out, (batch, kv_heads, groups, seq, head_dim))
         out = ops.reshape(ops.transpose(out, (0, 3, 1, 2, 4)), (batch, seq, -1))

@@ -1,0 +1,314 @@
+"""The `tf-mistral` command, run in-process through `tf_mistral.cli.main([...])`.
+
+The runtimes behind `generate` are checked against the Keras model's own `generate` on the tiny
+fixture (whose parity with HF transformers is tested in test_generation.py).
+"""
+
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import fixture_path
+from tf_mistral import cli
+
+PROMPT = "The quick brown fox"
+NEW_TOKENS = 12
+
+
+def run(capsys, *argv):
+    """(exit code, stdout, stderr) of `tf-mistral argv...`."""
+    code = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    """tiny_window with the 1000-piece tokenizer.model beside it (a complete HF folder)."""
+    folder = tmp_path_factory.mktemp("cli") / "tiny"
+    shutil.copytree(fixture_path("tiny_window"), folder)
+    shutil.copy(os.path.join(fixture_path("tiny_tokenizer"), "tokenizer.model"), folder / "tokenizer.model")
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def keras_text(tiny_checkpoint):
+    """The greedy continuation of PROMPT by the Keras model, as text (the reference)."""
+    from tf_mistral import TFMistralForCausalLM
+    from tf_mistral.tokenizer import MistralTokenizer
+
+    tokenizer = MistralTokenizer.from_pretrained(tiny_checkpoint)
+    model = TFMistralForCausalLM.from_pretrained(tiny_checkpoint, progress=False)
+    ids = tokenizer.encode(PROMPT)
+    output = model.generate(np.array([ids]), max_new_tokens=NEW_TOKENS)
+    return tokenizer.decode(output[0].tolist(), skip_special_tokens=True)
+
+
+# ---- the parser --------------------------------------------------------------------------------
+
+
+def test_help_lists_every_verb(capsys):
+    code, out, _ = run(capsys, "--help")
+    assert code == 0
+    for name in ("info", "convert", "generate", "chat", "classify", "export", "bench", "demo"):
+        assert f"    {name} " in out
+
+
+@pytest.mark.parametrize("name", sorted(cli.VERBS))
+def test_every_verb_has_help(capsys, name):
+    code, out, _ = run(capsys, *name.split(), "--help")
+    assert code == 0
+    assert out.startswith(f"usage: tf-mistral {name}")
+
+
+def test_no_verb_is_a_usage_error(capsys):
+    code, _, err = run(capsys)
+    assert code == 2
+    assert "usage: tf-mistral" in err
+
+
+def test_unknown_verb_is_a_usage_error(capsys):
+    code, _, err = run(capsys, "train")
+    assert code == 2
+    assert "invalid choice: 'train'" in err
+
+
+def test_export_needs_a_sub_verb(capsys):
+    code, _, err = run(capsys, "export")
+    assert code == 2
+    assert "tf-mistral export" in err and "required" in err
+
+
+def test_bad_flag_value_is_a_usage_error(capsys):
+    code, _, err = run(capsys, "export", "tflite", "--checkpoint", "x", "--output", "y.tflite", "--prefill-lengths", "32,a")
+    assert code == 2
+    assert "expected comma-separated integers like 32,128,512, got '32,a'" in err
+
+
+def test_bad_choice_is_a_usage_error(capsys):
+    code, _, err = run(capsys, "export", "tflite", "--checkpoint", "x", "--output", "y.tflite", "--quantize", "int3")
+    assert code == 2
+    assert "invalid choice: 'int3'" in err
+
+
+def test_debug_before_the_verb_is_kept():
+    args = cli.build_parser().parse_args(["--debug", "info", "--preset", "mistral_7b_v0.1"])
+    assert args.debug is True
+    assert cli.build_parser().parse_args(["info", "--preset", "mistral_7b_v0.1"]).debug is False
+
+
+# ---- info ---------------------------------------------------------------------------------------
+
+
+def test_human_size_picks_binary_units():
+    assert cli.human_size(512) == "512 B"
+    assert cli.human_size(8 * 1024) == "8.00 KiB"
+    assert cli.human_size(75 * 2**20) == "75.00 MiB"
+    assert cli.human_size(int(13.49 * 2**30)) == "13.49 GiB"
+    assert cli.human_size(300 * 2**30) == "300.0 GiB"
+
+
+def test_info_on_a_preset_shows_parameters_and_memory(capsys):
+    from tf_mistral import MistralConfig
+
+    params = MistralConfig.from_preset("mistral_7b_v0.1").num_parameters()
+    code, out, _ = run(capsys, "info", "--preset", "mistral_7b_v0.1", "--dtype", "bfloat16", "--max-length", "4096")
+    assert code == 0
+    assert f"{params:,}" in out
+    assert f"weights                 {cli.human_size(params * 2)}" in out
+    # 32 layers x 8 kv heads x 128 x (K and V) x 2 bytes x 4096 slots = 512 MiB
+    assert "KV cache, batch 1       512.0 MiB (4096 slots)" in out
+
+
+def test_info_on_a_small_checkpoint_prints_small_units(capsys):
+    code, out, _ = run(capsys, "info", "--checkpoint", fixture_path("tiny_window"), "--dtype", "float32")
+    assert code == 0
+    assert "0.00 GiB" not in out
+    assert "KiB" in out
+    # 2 layers x 2 kv heads x 32 x 2 x 4 bytes x 16 slots (the window) = 16 KiB
+    assert "KV cache, batch 1       16.00 KiB (16 slots)" in out
+
+
+@pytest.mark.parametrize("argv", [[], ["--preset", "mistral_7b_v0.1", "--checkpoint", "x"]])
+def test_info_needs_exactly_one_source(capsys, argv):
+    code, out, err = run(capsys, "info", *argv)
+    assert (code, out) == (2, "")
+    assert err == "tf-mistral info: give exactly one of --checkpoint DIR or --preset NAME\n"
+
+
+def test_info_names_the_known_presets(capsys):
+    code, _, err = run(capsys, "info", "--preset", "mistral_8b")
+    assert code == 2
+    assert "unknown preset 'mistral_8b'" in err and "mistral_7b_v0.1" in err
+
+
+# ---- errors -------------------------------------------------------------------------------------
+
+
+def test_generate_needs_a_runtime(capsys):
+    code, _, err = run(capsys, "generate", "hello")
+    assert code == 2
+    assert "give --checkpoint DIR (Keras), --tflite FILE or --saved-model DIR" in err
+
+
+def test_generate_takes_one_runtime(capsys):
+    code, _, err = run(capsys, "generate", "hello", "--tflite", "a.tflite", "--saved-model", "b")
+    assert code == 2
+    assert "not allowed with argument" in err
+
+
+def test_a_failure_is_one_line_without_traceback(capsys, tmp_path):
+    missing = str(tmp_path / "nothing")
+    code, out, err = run(capsys, "generate", "hello", "--checkpoint", missing)
+    assert code == 1
+    assert err.startswith("tf-mistral generate: error: ") and missing in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_debug_shows_the_exception(tmp_path):
+    with pytest.raises(Exception, match="nothing"):
+        cli.main(["--debug", "generate", "hello", "--checkpoint", str(tmp_path / "nothing")])
+
+
+def test_missing_tflite_file_fails_with_its_path(capsys, tmp_path):
+    code, _, err = run(capsys, "generate", "hi", "--tflite", str(tmp_path / "model.tflite"))
+    assert code == 1
+    assert "no TFLite model at" in err and "model.tflite" in err
+
+
+def test_saved_model_folder_without_versions_fails_with_a_hint(capsys, tmp_path):
+    code, _, err = run(capsys, "generate", "hi", "--saved-model", str(tmp_path))
+    assert code == 1
+    assert "no SavedModel at" in err and "export saved-model" in err
+
+
+# ---- bench --------------------------------------------------------------------------------------
+
+
+def test_bench_runs_the_script_with_its_arguments(capsys, tmp_path, monkeypatch):
+    script = tmp_path / "fake.py"
+    record = tmp_path / "argv.txt"
+    script.write_text(f"import sys\nopen({str(record)!r}, 'w').write(' '.join(sys.argv[1:]))\nsys.exit(3)\n")
+    monkeypatch.setattr(cli, "bench_script", lambda name: str(script))
+    monkeypatch.setattr(cli, "BENCH_LOCK", str(tmp_path / "lock"))
+    code, _, _ = run(capsys, "bench", "generate", "--workdir", "/tmp/x", "--help")
+    assert code == 3  # the script's own exit code
+    assert record.read_text() == "--workdir /tmp/x --help"
+
+
+def test_bench_without_the_script_says_where_it_looked(capsys, monkeypatch, tmp_path):
+    import tf_mistral
+
+    monkeypatch.setattr(tf_mistral, "__file__", str(tmp_path / "tf_mistral" / "__init__.py"))
+    code, _, err = run(capsys, "bench", "train")
+    assert code == 1
+    assert "bench/train.py does not exist" in err and "source checkout" in err
+
+
+def test_bench_names_are_checked(capsys):
+    code, _, err = run(capsys, "bench", "speed")
+    assert code == 2
+    assert "invalid choice: 'speed'" in err
+
+
+# ---- generate on each runtime --------------------------------------------------------------------
+
+
+def test_generate_keras_prints_the_models_text(capsys, tiny_checkpoint, keras_text):
+    code, out, err = run(capsys, "generate", PROMPT, "--checkpoint", tiny_checkpoint, "--max-new-tokens", str(NEW_TOKENS))
+    assert code == 0
+    assert out == keras_text + "\n"
+    assert f"{NEW_TOKENS} tokens in" in err and "tokens/s" in err
+
+
+@pytest.mark.slow
+def test_export_tflite_then_generate_with_it(capsys, tmp_path, tiny_checkpoint, keras_text):
+    path = str(tmp_path / "tiny.tflite")
+    code, out, _ = run(capsys, "export", "tflite", "--checkpoint", tiny_checkpoint, "--output", path,
+                       "--prefill-lengths", "8,16", "--cache-length", "64")
+    assert code == 0, out
+    assert f"wrote {path}" in out and "signatures prefill_8, prefill_16, decode" in out
+    code, out, err = run(capsys, "generate", PROMPT, "--tflite", path, "--checkpoint", tiny_checkpoint,
+                         "--max-new-tokens", str(NEW_TOKENS))
+    assert code == 0, err
+    assert out == keras_text + "\n"
+
+
+@pytest.mark.slow
+def test_export_saved_model_then_generate_with_it(capsys, tmp_path, tiny_checkpoint, keras_text):
+    base = str(tmp_path / "serving" / "tiny")
+    code, out, _ = run(capsys, "export", "saved-model", "--checkpoint", tiny_checkpoint, "--output", base,
+                       "--max-length", "64", "--max-new-tokens", "16", "--dtype", "float32")
+    assert code == 0, out
+    assert os.path.isfile(os.path.join(base, "1", "saved_model.pb"))
+    code, out, err = run(capsys, "generate", PROMPT, "--saved-model", base, "--checkpoint", tiny_checkpoint,
+                         "--max-new-tokens", str(NEW_TOKENS))
+    assert code == 0, err
+    assert out == keras_text + "\n"
+    code, _, err = run(capsys, "export", "saved-model", "--checkpoint", tiny_checkpoint, "--output", base, "--version", "1")
+    assert code == 1
+    assert "already exists" in err
+
+
+# ---- the demo ------------------------------------------------------------------------------------
+
+
+def test_training_rows_cover_the_text():
+    from tf_mistral import demo
+
+    rows = demo.training_rows(np.arange(10), length=4, stride=4)
+    np.testing.assert_array_equal(rows, [[0, 1, 2, 3], [4, 5, 6, 7], [6, 7, 8, 9]])
+    assert demo.training_rows(np.arange(3), length=8).shape == (1, 3)
+
+
+def test_the_bundled_text_starts_with_the_default_prompt():
+    from tf_mistral import demo
+
+    text = demo.bundled_text()
+    assert demo.default_prompt(text) == "Alice was beginning to get very"
+    assert text.startswith(demo.default_prompt(text))
+
+
+@pytest.mark.slow
+def test_demo_runs_every_step_on_a_checkpoint(tmp_path, tiny_checkpoint):
+    """The whole pipeline on the tiny fixture (LoRA fine-tuning, float32 TFLite), in a fresh process
+    as the console script runs it; every runtime gives the Keras model's tokens."""
+    output = tmp_path / "demo"
+    completed = subprocess.run(
+        [sys.executable, "-m", "tf_mistral.cli", "demo", "--checkpoint", tiny_checkpoint, "--output", str(output),
+         "--steps", "2", "--max-new-tokens", "8", "--quantize", "none"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    out = completed.stdout
+    for step in range(1, 7):
+        assert f"[{step}/6]" in out
+    for name in ("Keras (XLA)", "SavedModel", "TFLite none"):
+        assert any(line.split()[:len(name.split())] == name.split() and line.rstrip().endswith("8 of 8")
+                   for line in out.splitlines()), out[-2000:]
+    assert (output / "checkpoint" / "model.safetensors").is_file()
+    assert (output / "checkpoint" / "tokenizer.model").is_file()
+    assert (output / "serving" / "mistral" / "1" / "saved_model.pb").is_file()
+    assert (output / "mistral_none.tflite").is_file()
+
+
+def test_chat_answers_each_turn_and_ends_on_an_empty_line(capsys, monkeypatch, tiny_checkpoint):
+    from tf_mistral import TFMistralForCausalLM
+    from tf_mistral.tokenizer import MistralTokenizer
+
+    tokenizer = MistralTokenizer.from_pretrained(tiny_checkpoint)
+    model = TFMistralForCausalLM.from_pretrained(tiny_checkpoint, progress=False)
+    first = [{"role": "user", "content": "Hello"}]
+    ids = tokenizer.apply_chat_template(first, return_tensors="np")
+    reply = tokenizer.decode(model.generate(ids, max_new_tokens=6)[0, ids.shape[1]:], skip_special_tokens=True)
+
+    lines = iter(["Hello", "And then?", ""])
+    monkeypatch.setattr("builtins.input", lambda prompt: next(lines))
+    code, out, err = run(capsys, "chat", "--checkpoint", tiny_checkpoint, "--max-new-tokens", "6")
+    assert code == 0
+    assert out.splitlines()[0] == f"mistral> {reply}"
+    assert out.count("mistral> ") == 2 and err.count("tokens/s") == 2

@@ -1,0 +1,217 @@
+"""`generate()` against HF transformers' greedy generations (fixtures), and its contract: compiled
+loops reused across a bucket, seeded sampling, stop tokens, streaming, the rolling cache, errors."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tf_mistral import TextStreamer
+from tf_mistral import cache as kv_cache
+from tf_mistral.generation import loop
+from tf_mistral.generation.sampling import SamplingMode
+
+PROMPT = [[17, 250, 33, 904, 5, 61, 78]]
+
+
+@pytest.fixture(scope="module")
+def model(causal_lm):
+    return causal_lm("tiny_window")  # sliding window 16
+
+
+def greedy(model, ids, **kwargs):
+    return model.generate(ids, eos_token_id=[], **kwargs)
+
+
+# --- parity with HF transformers `generate` (greedy, eos disabled) ---------------------------
+
+@pytest.mark.parametrize("name, case", [
+    ("tiny_window", "gen_long_prompt"),  # 40-token prompt + 60: crosses the window of 16
+    ("tiny_window", "gen_short_prompt"),
+    ("tiny_nowindow", "gen_long_prompt"),
+])
+def test_greedy_tokens_equal_hf_generate(causal_lm, reference, name, case):
+    expected = reference(name)[case]
+    prompt = reference(name)[case + "_input"]
+    out = greedy(causal_lm(name), prompt, max_new_tokens=expected.shape[1] - prompt.shape[1])
+    np.testing.assert_array_equal(out, expected)
+
+
+@pytest.mark.parametrize("name", ["tiny_window", "tiny_nowindow"])
+@pytest.mark.parametrize("jit_compile", [True, False])  # the XLA loop and the plain TF graph loop
+def test_left_padded_batch_equals_hf_generate(causal_lm, reference, name, jit_compile):
+    ref = reference(name)
+    ids, mask, expected = ref["gen_batch_input_ids"], ref["gen_batch_attention_mask"], ref["gen_batch_output"]
+    out = greedy(causal_lm(name), ids, attention_mask=mask, max_new_tokens=expected.shape[1] - ids.shape[1],
+                 jit_compile=jit_compile)
+    np.testing.assert_array_equal(out, expected)
+
+
+# --- the HF return contract ------------------------------------------------------------------
+
+def test_returns_the_prompt_as_given_followed_by_the_new_tokens(model):
+    out = greedy(model, tf.constant(PROMPT), max_new_tokens=9)
+    assert out.shape == (1, len(PROMPT[0]) + 9) and out.dtype == np.int32
+    np.testing.assert_array_equal(out[:, :7], PROMPT)
+    np.testing.assert_array_equal(greedy(model, PROMPT[0], max_new_tokens=9), out)  # 1-D input
+    np.testing.assert_array_equal(greedy(model, PROMPT, max_length=7 + 9), out)
+
+
+def test_right_padded_rows_are_left_aligned_before_generating(model, reference):
+    ref = reference("tiny_window")
+    ids, mask, expected = ref["gen_batch_input_ids"], ref["gen_batch_attention_mask"], ref["gen_batch_output"]
+    right_ids, right_mask = np.zeros_like(ids), np.zeros_like(mask)
+    for row in range(len(ids)):
+        real = ids[row][mask[row] == 1]
+        right_ids[row, :real.size], right_mask[row, :real.size] = real, 1
+    out = greedy(model, right_ids, attention_mask=right_mask, max_new_tokens=expected.shape[1] - ids.shape[1])
+    np.testing.assert_array_equal(out[:, :ids.shape[1]], right_ids)
+    np.testing.assert_array_equal(out[:, ids.shape[1]:], expected[:, ids.shape[1]:])
+
+
+# --- compiled once per bucket ----------------------------------------------------------------
+
+def test_new_prompt_lengths_and_token_counts_in_one_bucket_do_not_retrace(model):
+    greedy(model, PROMPT, max_new_tokens=5)
+    before = model.generation_traces
+    for length, new_tokens in [(3, 5), (11, 7), (16, 20), (9, 32)]:  # prompt bucket 16, new-token bucket 32
+        ids = np.random.default_rng(length).integers(3, 1000, size=(1, length))
+        assert greedy(model, ids, max_new_tokens=new_tokens).shape == (1, length + new_tokens)
+    assert model.generation_traces == before
+    greedy(model, np.full((1, 17), 5), max_new_tokens=5)  # the next prompt bucket
+    assert model.generation_traces == before + 1
+
+
+# --- sampling --------------------------------------------------------------------------------
+
+def sample(model, **kwargs):
+    return model.generate(PROMPT, max_new_tokens=30, do_sample=True, eos_token_id=[], **kwargs)
+
+
+def test_a_seed_reproduces_a_sample_and_another_seed_differs(model):
+    np.testing.assert_array_equal(sample(model, seed=7), sample(model, seed=7))
+    assert not np.array_equal(sample(model, seed=7), sample(model, seed=8))
+
+
+@pytest.mark.parametrize("filters", [dict(top_k=1), dict(top_p=1e-6), dict(temperature=1e-4)])
+def test_sampling_that_keeps_only_the_top_token_is_greedy(model, filters):
+    np.testing.assert_array_equal(sample(model, seed=3, **filters), greedy(model, PROMPT, max_new_tokens=30))
+
+
+@pytest.mark.parametrize("temperature", [0.25, 1.0])
+def test_sampled_first_tokens_follow_the_tempered_softmax(model, temperature):
+    rows = 400  # identical rows draw independent samples
+    first = model.generate(np.repeat(PROMPT, rows, axis=0), max_new_tokens=1, do_sample=True, seed=11,
+                           temperature=temperature, eos_token_id=[])[:, -1]
+    logits = model(np.array(PROMPT)).logits.numpy()[0, -1].astype(np.float64) / temperature
+    probs = np.exp(logits - logits.max())
+    probs /= probs.sum()
+    for token in np.argsort(probs)[-3:]:  # the likeliest tokens; 4 standard deviations of a count
+        assert abs(np.mean(first == token) - probs[token]) < 4 * np.sqrt(probs[token] / rows) + 1e-3
+
+
+# --- stopping --------------------------------------------------------------------------------
+
+def test_each_row_stops_at_any_of_its_eos_ids_then_emits_padding(model, reference):
+    ref = reference("tiny_window")
+    ids, mask = ref["gen_batch_input_ids"][:2], ref["gen_batch_attention_mask"][:2]
+    free = greedy(model, ids, attention_mask=mask, max_new_tokens=20)[:, ids.shape[1]:]
+    stops = _distinct_first_occurrences(free)  # row -> step at which its own eos token appears first
+    eos = [int(free[row, step]) for row, step in stops.items()]
+    out = model.generate(ids, attention_mask=mask, max_new_tokens=20, eos_token_id=eos, pad_token_id=0)
+    new = out[:, ids.shape[1]:]
+    assert new.shape[1] == max(stops.values()) + 1  # ends once every row has ended
+    for row, step in stops.items():
+        np.testing.assert_array_equal(new[row, :step + 1], free[row, :step + 1])
+        assert (new[row, step + 1:] == 0).all()
+
+
+def _distinct_first_occurrences(tokens):
+    """{row: step} for two rows: each row's token at its step occurs in neither row before then."""
+    for step0 in range(2, tokens.shape[1]):
+        for step1 in range(step0 + 3, tokens.shape[1]):
+            a, b = tokens[0, step0], tokens[1, step1]
+            if a not in tokens[0, :step0] and a not in tokens[1, :step1 + 1] \
+                    and b not in tokens[1, :step1] and b not in tokens[0, :step0 + 1]:
+                return {0: step0, 1: step1}
+    raise AssertionError("no distinct stop tokens found in the fixture generation")
+
+
+# --- streaming -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("sampled", [False, True])
+def test_streamed_tokens_equal_the_fused_loop(model, sampled):
+    kwargs = dict(max_new_tokens=25, eos_token_id=[], do_sample=sampled, seed=5, top_k=20 if sampled else None)
+    columns = []
+    streamed = model.generate(PROMPT, streamer=lambda ids: columns.append(np.asarray(ids)), **kwargs)
+    np.testing.assert_array_equal(streamed, model.generate(PROMPT, **kwargs))
+    np.testing.assert_array_equal(np.stack(columns, axis=1), streamed[:, 7:])
+
+
+def test_text_streamer_prints_the_decoded_text(model, tmp_path):
+    class Tokenizer:
+        def decode(self, ids, skip_special_tokens=True):
+            return " ".join(str(i) for i in ids)
+
+    path = tmp_path / "out.txt"
+    with open(path, "w") as file:
+        out = model.generate(PROMPT, max_new_tokens=6, eos_token_id=[], streamer=TextStreamer(Tokenizer(), file=file))
+    assert path.read_text().strip() == " ".join(str(i) for i in out[0, 7:])
+
+
+# --- the rolling cache -----------------------------------------------------------------------
+
+def test_generation_far_past_the_window_keeps_window_slots_and_matches_the_full_forward(model):
+    window = model.config.sliding_window
+    ids = tf.constant(PROMPT, tf.int32)
+    sampling = loop.Sampling(SamplingMode(), eos_token_ids=(), pad_token_id=0)
+    cache_length = kv_cache.cache_length(10_000, window)
+    state = loop.begin(model, ids, tf.ones_like(ids), 8 * window, cache_length, sampling)
+    step = tf.function(lambda state: loop.decode_step(model, state, sampling), jit_compile=True)
+    for _ in range(8 * window - 1):
+        state = step(state)
+    for k, v in state["cache"]:
+        assert k.shape[2] == window and v.shape[3] == window
+    tokens = np.concatenate([PROMPT, state["tokens"].numpy()], axis=1)
+    logits = model(tokens[:, :-1]).logits.numpy()[0, 6:]  # the full forward, no cache
+    top2 = np.sort(logits, axis=-1)[:, -2:]
+    clear = top2[:, 1] - top2[:, 0] > 1e-4  # leave out near-ties, where summation order may decide
+    assert clear.mean() > 0.9
+    np.testing.assert_array_equal(logits.argmax(-1)[clear], tokens[0, 7:][clear])
+
+
+@pytest.mark.parametrize("pad", [0, 5])
+def test_chunked_prefill_of_a_long_prompt_equals_the_full_forward(model, pad):
+    window = model.config.sliding_window
+    ids = np.random.default_rng(1).integers(3, 1000, size=(2, 3 * window + 5)).astype(np.int32)
+    mask = np.ones_like(ids)
+    mask[1, :pad] = 0
+    cache = kv_cache.empty_cache(model.config, 2, window, "float32")
+    logits, cache, _, _ = loop.prefill(model, tf.constant(ids), loop.pad_starts(mask), cache)
+    positions = np.maximum(np.cumsum(mask, axis=1) - 1, 0)
+    expected = model(ids, attention_mask=mask, position_ids=positions).logits.numpy()[:, -1]
+    np.testing.assert_allclose(logits.numpy(), expected, atol=1e-4)
+
+
+# --- bad input -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(input_ids=[[]]), "empty"),
+    (dict(max_new_tokens=600), "max_position_embeddings"),
+    (dict(max_new_tokens=0), "max_new_tokens"),
+    (dict(max_length=5), "max_new_tokens"),
+    (dict(attention_mask=[[0] * 7]), "all padding"),
+    (dict(attention_mask=[[1] * 6]), "shape"),
+    (dict(input_ids=[[5, 1000]]), r"\[0, 1000\)"),
+    (dict(input_ids=[[1.5, 2.0]]), "integer"),
+    (dict(do_sample=True, temperature=0.0), "temperature"),
+    (dict(do_sample=True, temperature=-1.0), "temperature"),
+    (dict(do_sample=True, top_p=0.0), "top_p"),
+    (dict(do_sample=True, top_p=1.5), "top_p"),
+    (dict(do_sample=True, top_k=-2), "top_k"),
+    (dict(do_sample="yes"), "do_sample"),
+    (dict(jit_compile="xla"), "jit_compile"),
+])
+def test_bad_input_raises_a_clear_error(model, kwargs, message):
+    kwargs = {"input_ids": PROMPT, **kwargs}
+    with pytest.raises(ValueError, match=message):
+        model.generate(**kwargs)
