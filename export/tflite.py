@@ -24,45 +24,15 @@ import gc
 import os
 import shutil
 import tempfile
-import time
 
 import numpy as np
 
+from tf_mistral.export.progress import Progress, peak_rss_gb
 from tf_mistral.export.tflite_runner import write_sidecar
 
 QUANTIZE_OPTIONS = ("none", "fp16", "int8", "int4")
 DEFAULT_PREFILL_LENGTHS = (32, 128, 512)
 INT4_BLOCK_SIZE = 32
-
-
-class Progress:
-    """Prints `[tflite] stage ... (elapsed, peak RSS)` lines (unless `enabled` is False) and keeps
-    them in `stages` as `(message, seconds, peak RSS GB)`."""
-
-    def __init__(self, enabled=True):
-        self.enabled = enabled
-        self.started = time.perf_counter()
-        self.stages = []
-
-    def __call__(self, message):
-        self.stages.append((message, time.perf_counter() - self.started, peak_rss_gb()))
-        if self.enabled:
-            print(f"[tflite] {message} ({self.stages[-1][1]:.1f} s, peak RSS {self.stages[-1][2]:.2f} GB)", flush=True)
-
-
-def peak_rss_gb():
-    """Peak resident memory of this process so far, in GB: Linux's VmHWM (unlike `ru_maxrss`, it
-    does not inherit the peak of the process that forked this one); elsewhere `ru_maxrss`."""
-    try:
-        with open("/proc/self/status") as file:
-            for line in file:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 2**20  # kB
-    except OSError:
-        pass
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
 def cache_names(num_layers):
@@ -311,7 +281,7 @@ def export_tflite(
         bundle.require_builder()  # fail before the slow part when litert-lm-builder is missing
     from tf_mistral import TFMistralForCausalLM
 
-    report = Progress(progress)
+    report = Progress("tflite", progress)
     report("loading the checkpoint (float32 compute; bf16 / fp16 weights stay 16-bit)")
     model = _load_model(checkpoint)
     config = model.config
