@@ -33,6 +33,8 @@ import time
 
 import numpy as np
 
+from doc_section import replace_section
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 DOC = os.path.join(HERE, "..", "docs", "benchmarks.md")
 COMMAND = "flock /tmp/tf_mistral_bench.lock .venv/bin/python bench/generate.py"
@@ -277,13 +279,7 @@ def cases(args):
 
 
 def write_doc(text):
-    doc = open(DOC).read() if os.path.exists(DOC) else "# Benchmarks\n"
-    if BEGIN not in doc:
-        doc += f"\n## Generation\n\n{BEGIN}\n{END}\n"
-    head, rest = doc.split(BEGIN)
-    tail = rest.split(END, 1)[1]
-    with open(DOC, "w") as f:
-        f.write(f"{head}{BEGIN}\n{text}\n{END}{tail}")
+    replace_section(DOC, BEGIN, END, text, heading="## Generation\n\n")
 
 
 def main():

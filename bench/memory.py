@@ -20,6 +20,8 @@ import subprocess
 import sys
 import time
 
+from doc_section import replace_section
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 DOC = os.path.join(HERE, "..", "docs", "memory.md")
 COMMAND = "flock /tmp/tf_mistral_bench.lock .venv/bin/python bench/memory.py"
@@ -177,13 +179,7 @@ def table(rows):
 
 
 def write_doc(text):
-    begin, end = "<!-- memory table begin -->", "<!-- memory table end -->"
-    with open(DOC, encoding="utf-8") as f:
-        doc = f.read()
-    head, rest = doc.split(begin)
-    _, tail = rest.split(end)
-    with open(DOC, "w", encoding="utf-8") as f:
-        f.write(f"{head}{begin}\n{text}\n{end}{tail}")
+    replace_section(DOC, "<!-- memory table begin -->", "<!-- memory table end -->", text)
 
 
 def main():

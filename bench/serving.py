@@ -32,6 +32,8 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from tflite import MODEL, make_checkpoint  # noqa: E402  (the shared 175M benchmark checkpoint)
 
+from doc_section import replace_section
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "serving.md"
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
@@ -126,9 +128,7 @@ def _time_keras_child(checkpoint, queue):
 
 
 def _write_doc(text):
-    doc = DOC.read_text()
-    head, rest = doc.split(START, 1)
-    DOC.write_text(f"{head}{START}\n{text}{END}{rest.split(END, 1)[1]}")
+    replace_section(DOC, START, END, text)
 
 
 def _weight_bytes(config, dtype_bytes):

@@ -28,6 +28,8 @@ import time
 
 import numpy as np
 
+from doc_section import replace_section
+
 DOC = pathlib.Path(__file__).resolve().parents[1] / "docs" / "tflite.md"
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
 COMMAND = "flock /tmp/tf_mistral_bench.lock .venv/bin/python bench/tflite.py"
@@ -130,12 +132,7 @@ def measure_tflite(path, prompt, greedy, reference_logits):
 
 
 def _write_doc(text):
-    doc = DOC.read_text() if DOC.exists() else f"# TFLite / LiteRT\n\n{START}\n{END}\n"
-    if START not in doc:
-        doc += f"\n{START}\n{END}\n"
-    head, rest = doc.split(START, 1)
-    tail = rest.split(END, 1)[1]
-    DOC.write_text(f"{head}{START}\n{text}{END}{tail}")
+    replace_section(DOC, START, END, text)
 
 
 def main():

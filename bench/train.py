@@ -23,6 +23,8 @@ import time
 
 import numpy as np
 
+from doc_section import replace_section
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.join(HERE, "..")
 DOC = os.path.join(ROOT, "docs", "fine-tuning.md")
@@ -209,13 +211,7 @@ def table(rows):
 
 
 def write_doc(text):
-    begin, end = "<!-- training table begin -->", "<!-- training table end -->"
-    with open(DOC, encoding="utf-8") as f:
-        doc = f.read()
-    head, rest = doc.split(begin)
-    _, tail = rest.split(end)
-    with open(DOC, "w", encoding="utf-8") as f:
-        f.write(f"{head}{begin}\n{text}\n{end}{tail}")
+    replace_section(DOC, "<!-- training table begin -->", "<!-- training table end -->", text)
 
 
 def main():
