@@ -35,6 +35,8 @@ import numpy as np
 
 from doc_section import replace_section
 
+from tf_mistral.demo import matching_prefix
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 DOC = os.path.join(HERE, "..", "docs", "benchmarks.md")
 COMMAND = "flock /tmp/tf_mistral_bench.lock .venv/bin/python bench/generate.py"
@@ -220,15 +222,6 @@ def run_case(args, runner, dtype, batch, prompt):
     return result
 
 
-def agreement(tokens, reference):
-    same = 0
-    for a, b in zip(tokens, reference):
-        if a != b:
-            break
-        same += 1
-    return same
-
-
 def tables(results, args):
     def find(runner, dtype, batch, prompt):
         for r in results:
@@ -247,7 +240,7 @@ def tables(results, args):
             if r is None:
                 continue
             agree = "-" if runner == "ours" or reference is None else \
-                f"{agreement(r['tokens'], reference['tokens'])}/{long}"
+                f"{matching_prefix(r['tokens'], reference['tokens'])}/{long}"
             lines.append(f"| {label} | {RUNNERS[runner]} | {r['decode_tps']:.1f} | {r['prefill_tps']:.0f} | "
                          f"{r['e2e_s']:.2f} | {r['compile_s']:.1f} | {r['peak_rss_mb']:.0f} | {agree} |")
     for label, batch, prompt in cases(args):
