@@ -4,8 +4,9 @@ The weight names are HF's; the table below is almost the identity, because our l
 the checkpoint. PyTorch stores linear weights `[out, in]`, Keras `Dense` kernels are `[in, out]`.
 
 Tensors are read with plain file I/O (the safetensors format is an 8-byte header length, a JSON
-header and raw little-endian data), 16 MB of rows at a time, straight into variables built with
-zeros (no random init), so peak memory stays near one copy of the model (docs/memory.md): a
+header and raw little-endian data), 16 MB of rows at a time, into one array per tensor that its
+variable (built with zeros, no random init) then takes whole, so peak memory stays near one copy
+of the model plus its largest tensor (docs/memory.md): a
 bfloat16 checkpoint goes into bfloat16 variables without a float32 detour, and nothing is
 memory-mapped.
 """
@@ -38,7 +39,7 @@ _DTYPES = {
     "BOOL": np.dtype("bool"),
 }
 _DTYPE_NAMES = {dtype: name for name, dtype in _DTYPES.items()}
-_BLOCK_BYTES = 16 * 2**20  # rows read and assigned at once while loading
+_BLOCK_BYTES = 16 * 2**20  # rows read from the file at once while loading
 # Head weights that a checkpoint of another head type carries; HF skips them silently too.
 _OTHER_HEADS = {"lm_head.weight", "score.weight", "score.bias"}
 
@@ -268,29 +269,33 @@ def _build_without_random_init(model, filled_layers):
 
 
 def _assign(variable, source, name, transposed):
-    """Copies tensor `name` of `source` into `variable`, a block of rows at a time written in
-    place into the variable's buffer: a load holds one block beyond the variables, never a whole
-    tensor nor its transposed copy (the lm_head of a 7B model is 500 MB)."""
+    """Copies tensor `name` of `source` into `variable`.
+
+    The file is read a block of rows at a time into one array in the variable's dtype and layout
+    (a transposed block goes into its columns), which the variable then takes whole: a load holds
+    at most one tensor beyond the variables, never a float32 detour of a bfloat16 tensor nor a
+    transposed copy (the lm_head of a 7B model is 500 MB). Writing blocks into the variable in
+    place (`ResourceStridedSliceAssign`) would hold less, but TensorFlow then marks the variable
+    for sparse access and copies it whole at every later read in a graph (the weights once per
+    step of `fit`, of a SavedModel call, of a `jit_compile=False` generation).
+    """
     shape = source.tensors[name][1]
     dtype = numpy_dtype(variable.dtype)
     if len(shape) < 2:
-        variable.assign(source.read(name).astype(dtype, copy=False))
-        return
+        value = source.read(name).astype(dtype, copy=False)
+    else:
+        value = np.empty(shape[::-1] if transposed else shape, dtype)
+        step = max(1, _BLOCK_BYTES // max(source.nbytes(name) // shape[0], 1))
+        for start in range(0, shape[0], step):
+            stop = min(start + step, shape[0])
+            block = source.read(name, (start, stop))
+            if transposed:  # file [out, in] rows start:stop -> kernel [in, out] columns start:stop
+                value[:, start:stop] = tf.transpose(block).numpy()  # faster than numpy's strided .T
+            else:
+                value[start:stop] = block
     # The tf.Variable behind the Keras variable; under a tf.distribute strategy, each replica's.
-    replicas = getattr(variable.value, "values", (variable.value,))
-    step = max(1, _BLOCK_BYTES // max(source.nbytes(name) // shape[0], 1))
-    for start in range(0, shape[0], step):
-        stop = min(start + step, shape[0])
-        block = tf.convert_to_tensor(source.read(name, (start, stop)).astype(dtype, copy=False))
-        if transposed:  # file [out, in] rows start:stop -> kernel [in, out] columns start:stop
-            begin, end, block = [0, start], [shape[1], stop], tf.transpose(block)
-        else:
-            begin, end = [start, 0], [stop, shape[1]]
-        for replica in replicas:
-            # In place; `variable[...].assign()` would read the variable first and so copy it whole.
-            tf.raw_ops.ResourceStridedSliceAssign(
-                ref=replica.handle, begin=begin, end=end, strides=[1, 1], value=block
-            )
+    for replica in getattr(variable.value, "values", (variable.value,)):
+        replica.assign(value)
 
 
 def _stored_names(table, located):

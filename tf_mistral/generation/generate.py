@@ -84,9 +84,9 @@ class GenerationMixin:
             pad_token_id: what a finished row emits (default: config pad, else the first eos).
             streamer: an object with `put(token_ids [batch])` and `end()` (e.g. `TextStreamer`),
                 or a callable taking the token ids; it receives each new column as it is made.
-            jit_compile: compile the loop with XLA (the default: on CPU the faster path for
-                float32, bfloat16 and int8 alike, docs/benchmarks.md) or, False, run it as a plain
-                TensorFlow graph.
+            jit_compile: compile the decode loop with XLA (the default: on CPU the faster path
+                for float32, bfloat16 and int8 alike, docs/benchmarks.md) or, False, run it as a
+                plain TensorFlow graph. The prefill runs as a TensorFlow graph either way.
 
         Returns:
             int32 numpy `[batch, prompt + n]`: the prompt as given followed by the new tokens
@@ -140,69 +140,72 @@ class GenerationMixin:
         )
         width = new_tokens_bucket(int(max_new_tokens))
         cache_length = kv_cache.cache_length(bucket + width - 1, self.config.sliding_window)
+        args = (sampling.temperature, sampling.top_p, sampling.seed)
+        state = self._compiled("start", sampling, jit_compile, batch, bucket, width, cache_length)(
+            tf.constant(ids), tf.constant(mask)
+        )
         if streamer is None:
-            fused = self._compiled("fused", batch, bucket, width, cache_length, sampling, jit_compile)
-            tokens, steps = fused(tf.constant(ids), tf.constant(mask), tf.constant(int(max_new_tokens)),
-                                  sampling.temperature, sampling.top_p, sampling.seed)
-            tokens, steps = tokens.numpy(), int(steps)
+            decode = self._compiled("decode", sampling, jit_compile, batch, width, cache_length)
+            state = decode(state, tf.constant(int(max_new_tokens)), *args)
+            tokens, steps = state["tokens"].numpy(), int(state["step"])
         else:
-            tokens, steps = self._generate_streaming(
-                ids, mask, int(max_new_tokens), width, cache_length, sampling, streamer, jit_compile
-            )
+            first = self._compiled("first", sampling, jit_compile, batch, width, cache_length)
+            step = self._compiled("step", sampling, jit_compile, batch, width, cache_length)
+            tokens, steps = _stream(first(state, *args), step, args, int(max_new_tokens), streamer)
         return np.concatenate([input_ids, tokens[:, :steps]], axis=1)
 
-    def _compiled(self, kind, batch, bucket, width, cache_length, sampling, jit_compile):
-        """The compiled function for one shape and mode, made on first use and then reused.
+    def _compiled(self, kind, sampling, jit_compile, batch, *shape):
+        """The function of one kind, shape and sampling mode, traced on first use and then reused.
 
-        Without XLA, cache writes are traced as gathers and selects (`cache.select_writes`): the
-        XLA op of a single-slot update would otherwise be compiled on its own at every step.
+        Kinds (`tf_mistral.generation.loop`): "start" (the prefill; `shape` is the prompt bucket,
+        the output width and the cache length), "decode" (the first token and the `while_loop` of
+        the others), and for streaming "first" and "step" (one token each); the last three depend
+        on the width and the cache length alone.
+        The prefill always runs as a TensorFlow graph: on CPU, TensorFlow's oneDNN matmuls take
+        its many rows faster than XLA's (bfloat16 about twice as fast, docs/benchmarks.md), while
+        the decode steps, one row of ~1000 small ops each, need XLA (`jit_compile`). Tokens are
+        only ever picked under `jit_compile`, so a seed draws the same numbers as an XLA
+        SavedModel. Without XLA, cache writes are traced as gathers and selects
+        (`cache.select_writes`): the XLA op of a single-slot update would otherwise be compiled
+        on its own at every step.
         """
         if not hasattr(self, "_generation_functions"):
             self._generation_functions = {}
             self.generation_traces = 0
-        key = (kind, batch, bucket, width, cache_length, sampling.mode, sampling.eos_token_ids,
-               sampling.pad_token_id, jit_compile)
+        key = (kind, batch, *shape, sampling.mode, sampling.eos_token_ids, sampling.pad_token_id, jit_compile)
         if key not in self._generation_functions:
             static = dict(mode=sampling.mode, eos_token_ids=sampling.eos_token_ids, pad_token_id=sampling.pad_token_id)
 
-            def fused(ids, mask, new_tokens, temperature, top_p, seed):
-                self.generation_traces += 1
-                run = loop.Sampling(temperature=temperature, top_p=top_p, seed=seed, **static)
-                return loop.generate_tokens(self, ids, mask, width, new_tokens, cache_length, run)
+            def run(temperature, top_p, seed):
+                return loop.Sampling(temperature=temperature, top_p=top_p, seed=seed, **static)
 
-            def begin(ids, mask, temperature, top_p, seed):
-                self.generation_traces += 1
-                run = loop.Sampling(temperature=temperature, top_p=top_p, seed=seed, **static)
-                return loop.begin(self, ids, mask, width, cache_length, run)
-
-            def step(state, temperature, top_p, seed):
-                self.generation_traces += 1
-                run = loop.Sampling(temperature=temperature, top_p=top_p, seed=seed, **static)
-                return loop.decode_step(self, state, run)
-
-            function = {"fused": fused, "begin": begin, "step": step}[kind]
+            functions = {
+                "start": lambda ids, mask: loop.start(self, ids, mask, shape[1], shape[2], sampling.pad_token_id),
+                "decode": lambda state, new_tokens, *args: loop.decode(self, state, new_tokens, run(*args)),
+                "first": lambda state, *args: loop.first_token(state, run(*args)),
+                "step": lambda state, *args: loop.decode_step(self, state, run(*args)),
+            }
+            xla = jit_compile and kind != "start"
 
             def traced(*args):
-                with contextlib.nullcontext() if jit_compile else kv_cache.select_writes():
-                    return function(*args)
+                self.generation_traces += 1
+                with contextlib.nullcontext() if xla else kv_cache.select_writes():
+                    return functions[kind](*args)
 
-            self._generation_functions[key] = tf.function(traced, jit_compile=jit_compile)
+            self._generation_functions[key] = tf.function(traced, jit_compile=xla)
         return self._generation_functions[key]
 
-    def _generate_streaming(self, ids, mask, max_new_tokens, width, cache_length, sampling, streamer, jit_compile):
-        """The same steps as the fused loop, driven from Python so each token reaches `streamer`."""
-        put = streamer if callable(streamer) and not hasattr(streamer, "put") else streamer.put
-        args = (sampling.temperature, sampling.top_p, sampling.seed)
-        batch, bucket = ids.shape
-        state = self._compiled("begin", batch, bucket, width, cache_length, sampling, jit_compile)(ids, mask, *args)
-        step_function = self._compiled("step", batch, bucket, width, cache_length, sampling, jit_compile)
+
+def _stream(state, step, args, max_new_tokens, streamer):
+    """Runs `step` from Python so that each new column reaches `streamer` as it is made."""
+    put = streamer if callable(streamer) and not hasattr(streamer, "put") else streamer.put
+    put(state["token"].numpy())
+    while int(state["step"]) < max_new_tokens and not bool(tf.reduce_all(state["finished"])):
+        state = step(state, *args)
         put(state["token"].numpy())
-        while int(state["step"]) < max_new_tokens and not bool(tf.reduce_all(state["finished"])):
-            state = step_function(state, *args)
-            put(state["token"].numpy())
-        if hasattr(streamer, "end"):
-            streamer.end()
-        return state["tokens"].numpy(), int(state["step"])
+    if hasattr(streamer, "end"):
+        streamer.end()
+    return state["tokens"].numpy(), int(state["step"])
 
 
 class TextStreamer:

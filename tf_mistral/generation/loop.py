@@ -91,27 +91,29 @@ def _emit(state, logits, sampling):
     return dict(state, tokens=tokens, finished=finished, token=token, step=step + 1)
 
 
-def begin(model, input_ids, attention_mask, max_new_tokens, cache_length, sampling):
-    """Prefills the prompt and picks the first new token.
+def start(model, input_ids, attention_mask, max_new_tokens, cache_length, pad_token_id):
+    """Prefills the prompt: the state that `first_token` and then `decode_step` advance.
 
     Args:
         model: a `TFMistralForCausalLM`.
         input_ids: int32 `[batch, prompt]`, left-padded; attention_mask: `[batch, prompt]`.
         max_new_tokens: Python int, the width of the output buffer.
         cache_length: Python int, slots per layer (`tf_mistral.cache.cache_length`).
-        sampling: `Sampling`.
+        pad_token_id: Python int, what the output buffer holds where nothing was generated.
 
     Returns:
-        The state dict that `decode_step` advances: `tokens` int32 `[batch, max_new_tokens]`
-        (`pad_token_id` where not yet generated), `finished` bool `[batch]`, `token` int32
-        `[batch]` (the newest), `step` int32 (tokens generated), `cache`, `columns`, `pad_start`.
+        A dict: `logits` `[batch, vocab]` of the prompt's last column (which `first_token`
+        consumes), `tokens` int32 `[batch, max_new_tokens]` (`pad_token_id` where not yet
+        generated), `finished` bool `[batch]`, `token` int32 `[batch]` (the newest), `step` int32
+        (tokens generated), `cache`, `columns`, `pad_start`.
     """
     input_ids = tf.cast(input_ids, tf.int32)
     batch = tf.shape(input_ids)[0]
     cache = kv_cache.empty_cache(model.config, batch, cache_length, model.compute_dtype)
     logits, cache, columns, pad_start = prefill(model, input_ids, pad_starts(attention_mask), cache)
-    state = dict(
-        tokens=tf.fill([batch, max_new_tokens], tf.constant(sampling.pad_token_id, tf.int32)),
+    return dict(
+        logits=logits,
+        tokens=tf.fill([batch, max_new_tokens], tf.constant(pad_token_id, tf.int32)),
         finished=tf.zeros([batch], tf.bool),
         token=tf.zeros([batch], tf.int32),
         step=tf.constant(0, tf.int32),
@@ -119,7 +121,12 @@ def begin(model, input_ids, attention_mask, max_new_tokens, cache_length, sampli
         columns=columns,
         pad_start=pad_start,
     )
-    return _emit(state, logits, sampling)
+
+
+def first_token(state, sampling):
+    """Picks the first new token from the prefill's `logits` (which the state then drops)."""
+    state = dict(state)
+    return _emit(state, state.pop("logits"), sampling)
 
 
 def decode_step(model, state, sampling):
@@ -129,16 +136,23 @@ def decode_step(model, state, sampling):
     return _emit(dict(state, cache=cache), logits[:, 0], sampling)
 
 
-def generate_tokens(model, input_ids, attention_mask, max_new_tokens, new_tokens, cache_length, sampling):
-    """`begin`, then `decode_step` in a `while_loop` until `new_tokens` tokens or every row ended.
-
-    Returns `(tokens int32 [batch, max_new_tokens], steps int32)`; columns from `steps` on are
-    `pad_token_id`, and so is everything a row emits after its end token.
-    """
-    state = begin(model, input_ids, attention_mask, max_new_tokens, cache_length, sampling)
+def decode(model, state, new_tokens, sampling):
+    """From the state `start` made: `first_token`, then `decode_step` in a `while_loop` until
+    `new_tokens` tokens or every row ended. Returns the final state (its `tokens` and `step`)."""
 
     def running(state):
         return (state["step"] < new_tokens) & ~tf.reduce_all(state["finished"])
 
-    (state,) = tf.while_loop(running, lambda state: (decode_step(model, state, sampling),), (state,))
+    (state,) = tf.while_loop(running, lambda state: (decode_step(model, state, sampling),), (first_token(state, sampling),))
+    return state
+
+
+def generate_tokens(model, input_ids, attention_mask, max_new_tokens, new_tokens, cache_length, sampling):
+    """`start`, then `decode`: one traceable function from prompt to tokens (the SavedModel's).
+
+    Returns `(tokens int32 [batch, max_new_tokens], steps int32)`; columns from `steps` on are
+    `pad_token_id`, and so is everything a row emits after its end token.
+    """
+    state = start(model, input_ids, attention_mask, max_new_tokens, cache_length, sampling.pad_token_id)
+    state = decode(model, state, new_tokens, sampling)
     return state["tokens"], state["step"]
