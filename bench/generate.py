@@ -8,7 +8,8 @@ Makes (once, with torch + transformers, in --workdir) a random Mistral-shaped ch
 parameters (hidden 1024, 8 layers, 16 heads, 4 kv heads, intermediate 3584, vocab 32000, window
 256) and runs all three on its weights: ours through `from_pretrained`, HF through its own
 `from_pretrained`, KerasHub as a `MistralBackbone` of the same config with the same float32 tensors
-copied in (its own converter rounds them through float16). Greedy decoding, eos disabled, random
+copied in (its own converter rounds them through float16); KerasHub runs as `compile()` leaves it
+on a CPU-only machine (a TF graph, no XLA) and, for batch 1, also with `jit_compile=True`. Greedy decoding, eos disabled, random
 prompt ids. For each case (batch, prompt length, dtype, path):
 - decode tokens/s: `batch * (N2 - N1) / (t(N2) - t(N1))` for two generation lengths N1 < N2, so
   prefill and the per-call overhead cancel (KerasHub's prefill runs over the whole `max_length`,
@@ -52,7 +53,8 @@ RUNNERS = {
     "ours": "tf_mistral `generate` (XLA loop)",
     "ours_graph": "tf_mistral `generate(jit_compile=False)` (TF graph loop)",
     "hf": "HF transformers `generate` (PyTorch)",
-    "keras_hub": "KerasHub `MistralCausalLM.generate` (XLA)",
+    "keras_hub": "KerasHub `MistralCausalLM.generate` (TF graph, Keras' CPU default)",
+    "keras_hub_xla": "KerasHub `MistralCausalLM.generate` (`jit_compile=True`)",
 }
 # Lower-precision rows: ours from `from_pretrained(dtype="bfloat16")` / Keras `quantize("int8")`;
 # HF in torch.bfloat16 / `torch.ao.quantization.quantize_dynamic` (int8 nn.Linear); KerasHub bf16.
@@ -102,7 +104,8 @@ def make_hf(folder, dtype):
     return generate
 
 
-def make_keras_hub(folder, dtype):
+def make_keras_hub(folder, dtype, jit_compile=False):
+    """KerasHub's model; `compile()` leaves XLA off on a CPU-only machine unless asked."""
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     import keras_hub
     from safetensors.numpy import load_file
@@ -117,7 +120,7 @@ def make_keras_hub(folder, dtype):
     )
     copy_into_keras_hub(backbone, load_file(os.path.join(folder, "model.safetensors")))
     model = keras_hub.models.MistralCausalLM(backbone=backbone, preprocessor=None)
-    model.compile(sampler="greedy")
+    model.compile(sampler="greedy", jit_compile=jit_compile)
 
     def generate(ids, new_tokens):
         batch, prompt = ids.shape
@@ -157,8 +160,10 @@ def child(runner, folder, dtype, batch, prompt, lengths, repeats):
     start = time.perf_counter()
     if runner in ("ours", "ours_graph"):
         generate = make_ours(folder, dtype, jit_compile=runner == "ours")
+    elif runner == "hf":
+        generate = make_hf(folder, dtype)
     else:
-        generate = {"hf": make_hf, "keras_hub": make_keras_hub}[runner](folder, dtype)
+        generate = make_keras_hub(folder, dtype, jit_compile=runner == "keras_hub_xla")
     load = time.perf_counter() - start
     ids = np.random.default_rng(0).integers(3, MODEL["vocab_size"], size=(batch, prompt)).astype(np.int32)
     first, tokens, best = {}, None, {}
@@ -235,7 +240,7 @@ def tables(results, args):
               "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for label, batch, prompt in cases(args):
         reference = find("ours", "float32", batch, prompt)
-        for runner in ("ours", "ours_graph", "hf", "keras_hub"):
+        for runner in RUNNERS:
             r = find(runner, "float32", batch, prompt)
             if r is None:
                 continue
@@ -243,20 +248,19 @@ def tables(results, args):
                 f"{matching_prefix(r['tokens'], reference['tokens'])}/{long}"
             lines.append(f"| {label} | {RUNNERS[runner]} | {r['decode_tps']:.1f} | {r['prefill_tps']:.0f} | "
                          f"{r['e2e_s']:.2f} | {r['compile_s']:.1f} | {r['peak_rss_mb']:.0f} | {agree} |")
+    names = {"hf": "HF", "keras_hub": "KerasHub", "keras_hub_xla": "KerasHub with XLA"}
     for label, batch, prompt in cases(args):
         ours = find("ours", "float32", batch, prompt)
-        peers = [(runner, find(runner, "float32", batch, prompt)) for runner in ("hf", "keras_hub")]
-        if ours and all(r for _, r in peers):
-            lines.append("")
-            lines.append(f"{label}: ours / HF decode {ours['decode_tps'] / peers[0][1]['decode_tps']:.2f}x, "
-                         f"prefill {ours['prefill_tps'] / peers[0][1]['prefill_tps']:.2f}x; ours / KerasHub decode "
-                         f"{ours['decode_tps'] / peers[1][1]['decode_tps']:.2f}x, prefill "
-                         f"{ours['prefill_tps'] / peers[1][1]['prefill_tps']:.2f}x.")
+        peers = [(name, find(runner, "float32", batch, prompt)) for runner, name in names.items()]
+        ratios = [f"ours / {name}: decode {ours['decode_tps'] / r['decode_tps']:.2f}x, prefill "
+                  f"{ours['prefill_tps'] / r['prefill_tps']:.2f}x" for name, r in peers if ours and r]
+        if ratios:
+            lines += ["", f"{label}: " + "; ".join(ratios) + "."]
     lines += ["", f"Other dtypes (batch 1, prompt {args.prompt}):", "",
               "| dtype | runner | decode tok/s | prefill tok/s | end-to-end s | first-call compile s | peak RSS MB |",
               "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
     for dtype in DTYPES:
-        for runner in ("ours", "ours_graph", "hf", "keras_hub"):
+        for runner in RUNNERS:
             r = find(runner, dtype, 1, args.prompt)
             if r is not None:
                 lines.append(f"| {dtype} | {RUNNERS[runner]} | {r['decode_tps']:.1f} | {r['prefill_tps']:.0f} | "
@@ -299,7 +303,7 @@ def main():
     results = []
     for _, batch, prompt in cases(args):
         for runner in args.runners:
-            if runner != "ours_graph" or (batch, prompt) == (1, args.prompt):
+            if runner not in ("ours_graph", "keras_hub_xla") or (batch, prompt) == (1, args.prompt):
                 results.append(run_case(args, runner, "float32", batch, prompt))
     for dtype in DTYPES:
         for runner in PEERS_BY_DTYPE[dtype]:

@@ -43,8 +43,9 @@ class MistralAttention(keras.layers.Layer):
             x: `[batch, seq, hidden]`, compute dtype.
             cos, sin: `[batch, seq, head_dim]` rotary tables for the positions of `x`.
             mask: bool `[batch, 1, 1, seq, keys]`; keys are `seq` without a cache; with one,
-                `cache_length` for a single token (written first, then the updated cache is read)
-                and `cache_length + seq` for a longer chunk (the cache before the write, then `x`).
+                `cache_length` for a single token (written first, then the updated cache is read),
+                `cache_length + seq` for a longer chunk (the cache before the write, then `x`), and
+                `seq` for a longer chunk written into an empty cache (`x` alone).
             cache: None, or `(K [batch, kv_heads, cache_length, head_dim],
                 V [batch, kv_heads, head_dim, cache_length])` holding the positions before
                 `cache_start`.
@@ -70,7 +71,8 @@ class MistralAttention(keras.layers.Layer):
             new_cache = kv_cache.write(cache[0], cache[1], k, v, cache_start)
             keys, values = [new_cache[0]], [new_cache[1]]
         else:
-            keys, values = [cache[0], k], [cache[1], v]
+            fresh = mask.shape[-1] == x.shape[1]  # the keys are the chunk alone: the cache is empty
+            keys, values = ([k], [v]) if fresh else ([cache[0], k], [cache[1], v])
             new_cache = kv_cache.write(cache[0], cache[1], k, v, cache_start)
 
         scores = ops.concatenate([ops.einsum("bkqd,bktd->bkqt", q, key) for key in keys], axis=-1)

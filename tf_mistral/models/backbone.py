@@ -118,7 +118,8 @@ class TFMistralModel(MistralPreTrainedModel):
         Args:
             input_ids: int32 `[batch, seq]`, the tokens at positions `start .. start + seq - 1`.
             cache: list of per-layer `(K, V)` (see `tf_mistral.cache`) holding positions `< start`.
-            start: int32 scalar.
+            start: int32 scalar; the Python int 0 says the cache is empty, so the chunk attends
+                to itself alone (a prefill).
             pad_start: int32 `[batch]`, each row's first real position (left padding); None: 0.
 
         Returns:
@@ -126,11 +127,13 @@ class TFMistralModel(MistralPreTrainedModel):
         """
         input_ids = ops.cast(input_ids, "int32")
         seq = ops.shape(input_ids)[1]
-        start = ops.cast(start, "int32")
         if pad_start is None:
             pad_start = ops.zeros((ops.shape(input_ids)[0],), dtype="int32")
-        query_positions = start + ops.arange(seq, dtype="int32")
-        key_positions = kv_cache.key_positions(query_positions, cache[0][0].shape[2])
+        query_positions = ops.cast(start, "int32") + ops.arange(seq, dtype="int32")
+        if isinstance(start, int) and start == 0:  # an empty cache: the chunk attends to itself alone
+            key_positions = query_positions
+        else:
+            key_positions = kv_cache.key_positions(query_positions, cache[0][0].shape[2])
         key_valid = key_positions[None, :] >= pad_start[:, None]
         mask = band_mask(query_positions, key_positions, key_valid, self.config.sliding_window)
         position_ids = ops.maximum(query_positions[None, :] - pad_start[:, None], 0)
