@@ -9,8 +9,8 @@ parameters (hidden 1024, 8 layers, 16 heads, 4 kv heads, intermediate 3584, voca
 256) and runs all three on its weights: ours through `from_pretrained`, HF through its own
 `from_pretrained`, KerasHub as a `MistralBackbone` of the same config with the same float32 tensors
 copied in (its own converter rounds them through float16); KerasHub runs as `compile()` leaves it
-on a CPU-only machine (a TF graph, no XLA) and, for batch 1, also with `jit_compile=True`. Greedy decoding, eos disabled, random
-prompt ids. For each case (batch, prompt length, dtype, path):
+on a CPU-only machine (a TF graph, no XLA) and, for batch 1, also with `jit_compile=True`.
+Greedy decoding, eos disabled, random prompt ids. For each case (batch, prompt length, dtype, path):
 - decode tokens/s: `batch * (N2 - N1) / (t(N2) - t(N1))` for two generation lengths N1 < N2, so
   prefill and the per-call overhead cancel (KerasHub's prefill runs over the whole `max_length`,
   so its difference also holds `N2 - N1` tokens of prefill, about 1% of it);

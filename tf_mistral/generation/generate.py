@@ -86,7 +86,8 @@ class GenerationMixin:
                 or a callable taking the token ids; it receives each new column as it is made.
             jit_compile: compile the decode loop with XLA (the default: on CPU the faster path
                 for float32, bfloat16 and int8 alike, docs/benchmarks.md) or, False, run it as a
-                plain TensorFlow graph. The prefill runs as a TensorFlow graph either way.
+                plain TensorFlow graph. The prefill of float weights runs as a TensorFlow graph
+                either way.
 
         Returns:
             int32 numpy `[batch, prompt + n]`: the prompt as given followed by the new tokens
@@ -161,9 +162,11 @@ class GenerationMixin:
         the output width and the cache length), "decode" (the first token and the `while_loop` of
         the others), and for streaming "first" and "step" (one token each); the last three depend
         on the width and the cache length alone.
-        The prefill always runs as a TensorFlow graph: on CPU, TensorFlow's oneDNN matmuls take
-        its many rows faster than XLA's (bfloat16 about twice as fast, docs/benchmarks.md), while
-        the decode steps, one row of ~1000 small ops each, need XLA (`jit_compile`). Tokens are
+        The prefill of float weights runs as a TensorFlow graph: on CPU, TensorFlow's oneDNN
+        matmuls take its many rows faster than XLA's (bfloat16 about twice as fast,
+        docs/benchmarks.md), while the decode steps, one row of ~1000 small ops each, need XLA
+        (`jit_compile`). Weights quantized by Keras (`quantize("int8")`) prefill under XLA too:
+        TensorFlow's graph kernels for them are slower than XLA's. Tokens are
         only ever picked under `jit_compile`, so a seed draws the same numbers as an XLA
         SavedModel. Without XLA, cache writes are traced as gathers and selects
         (`cache.select_writes`): the XLA op of a single-slot update would otherwise be compiled
@@ -185,7 +188,7 @@ class GenerationMixin:
                 "first": lambda state, *args: loop.first_token(state, run(*args)),
                 "step": lambda state, *args: loop.decode_step(self, state, run(*args)),
             }
-            xla = jit_compile and kind != "start"
+            xla = jit_compile and (kind != "start" or _quantized(self))
 
             def traced(*args):
                 self.generation_traces += 1
@@ -194,6 +197,11 @@ class GenerationMixin:
 
             self._generation_functions[key] = tf.function(traced, jit_compile=xla)
         return self._generation_functions[key]
+
+
+def _quantized(model):
+    """Whether Keras `quantize()` replaced any of the model's kernels."""
+    return any(getattr(layer, "quantization_mode", None) for layer in model._flatten_layers())
 
 
 def _stream(state, step, args, max_new_tokens, streamer):
