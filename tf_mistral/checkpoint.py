@@ -4,9 +4,9 @@ The weight names are HF's; the table below is almost the identity, because our l
 the checkpoint. PyTorch stores linear weights `[out, in]`, Keras `Dense` kernels are `[in, out]`.
 
 Tensors are read with plain file I/O (the safetensors format is an 8-byte header length, a JSON
-header and raw little-endian data), 16 MB of rows at a time, into one array per tensor that its
-variable (built with zeros, no random init) then takes whole, so peak memory stays near one copy
-of the model plus its largest tensor (docs/memory.md): a
+header and raw little-endian data), 16 MB of rows at a time, written in place (under XLA, see
+`_write_block`) into variables built with zeros (no random init), so peak memory stays near one
+copy of the model (docs/memory.md): a
 bfloat16 checkpoint goes into bfloat16 variables without a float32 detour, and nothing is
 memory-mapped.
 """
@@ -18,6 +18,7 @@ import re
 import warnings
 
 import keras
+from keras import ops
 import ml_dtypes
 import numpy as np
 import tensorflow as tf
@@ -39,7 +40,7 @@ _DTYPES = {
     "BOOL": np.dtype("bool"),
 }
 _DTYPE_NAMES = {dtype: name for name, dtype in _DTYPES.items()}
-_BLOCK_BYTES = 16 * 2**20  # rows read from the file at once while loading
+_BLOCK_BYTES = 16 * 2**20  # rows read and assigned at once while loading
 # Head weights that a checkpoint of another head type carries; HF skips them silently too.
 _OTHER_HEADS = {"lm_head.weight", "score.weight", "score.bias"}
 
@@ -269,33 +270,40 @@ def _build_without_random_init(model, filled_layers):
 
 
 def _assign(variable, source, name, transposed):
-    """Copies tensor `name` of `source` into `variable`.
-
-    The file is read a block of rows at a time into one array in the variable's dtype and layout
-    (a transposed block goes into its columns), which the variable then takes whole: a load holds
-    at most one tensor beyond the variables, never a float32 detour of a bfloat16 tensor nor a
-    transposed copy (the lm_head of a 7B model is 500 MB). Writing blocks into the variable in
-    place (`ResourceStridedSliceAssign`) would hold less, but TensorFlow then marks the variable
-    for sparse access and copies it whole at every later read in a graph (the weights once per
-    step of `fit`, of a SavedModel call, of a `jit_compile=False` generation).
-    """
+    """Copies tensor `name` of `source` into `variable`, a block of rows at a time written in
+    place into the variable's buffer: a load holds one block beyond the variables, never a whole
+    tensor nor its transposed copy (the lm_head of a 7B model is 500 MB)."""
     shape = source.tensors[name][1]
     dtype = numpy_dtype(variable.dtype)
     if len(shape) < 2:
-        value = source.read(name).astype(dtype, copy=False)
-    else:
-        value = np.empty(shape[::-1] if transposed else shape, dtype)
-        step = max(1, _BLOCK_BYTES // max(source.nbytes(name) // shape[0], 1))
-        for start in range(0, shape[0], step):
-            stop = min(start + step, shape[0])
-            block = source.read(name, (start, stop))
-            if transposed:  # file [out, in] rows start:stop -> kernel [in, out] columns start:stop
-                value[:, start:stop] = tf.transpose(block).numpy()  # faster than numpy's strided .T
-            else:
-                value[start:stop] = block
+        variable.assign(source.read(name).astype(dtype, copy=False))
+        return
     # The tf.Variable behind the Keras variable; under a tf.distribute strategy, each replica's.
-    for replica in getattr(variable.value, "values", (variable.value,)):
-        replica.assign(value)
+    replicas = getattr(variable.value, "values", (variable.value,))
+    step = min(shape[0], max(1, _BLOCK_BYTES // max(source.nbytes(name) // shape[0], 1)))
+    for start in range(0, shape[0], step):
+        start = min(start, shape[0] - step)  # the last block overlaps the one before: one block shape
+        block = tf.convert_to_tensor(source.read(name, (start, start + step)).astype(dtype, copy=False))
+        if transposed:  # file [out, in] rows start:stop -> kernel [in, out] columns start:stop
+            block, corner = tf.transpose(block), [0, start]
+        else:
+            corner = [start, 0]
+        for replica in replicas:
+            with tf.device(replica.device):  # XLA runs where the variable lives
+                _write_block(replica, block, corner)
+
+
+@tf.function(jit_compile=True)
+def _write_block(variable, block, corner):
+    """Writes `block` into `variable` with its first element at `corner` (int32 `[2]`).
+
+    Under XLA the update happens in the variable's own buffer. The TF ops that write a slice of a
+    variable in place (`ResourceStridedSliceAssign`, scatters) mark it for sparse access, after
+    which TensorFlow copies the whole variable at every read in a graph (each step of `fit`, of a
+    SavedModel call, of a TF-graph prefill); assigning whole tensors instead holds up to three
+    copies of the largest one (docs/benchmarks.md). Traced once per variable and block shape.
+    """
+    variable.assign(ops.slice_update(variable, corner, block))
 
 
 def _stored_names(table, located):

@@ -163,10 +163,10 @@ class GenerationMixin:
         the others), and for streaming "first" and "step" (one token each); the last three depend
         on the width and the cache length alone.
         The prefill of float weights runs as a TensorFlow graph: on CPU, TensorFlow's oneDNN
-        matmuls take its many rows faster than XLA's (bfloat16 about twice as fast,
-        docs/benchmarks.md), while the decode steps, one row of ~1000 small ops each, need XLA
-        (`jit_compile`). Weights quantized by Keras (`quantize("int8")`) prefill under XLA too:
-        TensorFlow's graph kernels for them are slower than XLA's. Tokens are
+        matmuls take its many rows faster than XLA's (bfloat16 twice as fast,
+        docs/benchmarks.md); Keras-quantized weights prefill under XLA (TF's graph int8 kernels
+        are slow). The decode steps, one row of ~1000 small ops each, need XLA (`jit_compile`).
+        Tokens are
         only ever picked under `jit_compile`, so a seed draws the same numbers as an XLA
         SavedModel. Without XLA, cache writes are traced as gathers and selects
         (`cache.select_writes`): the XLA op of a single-slot update would otherwise be compiled
