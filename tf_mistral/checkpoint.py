@@ -284,7 +284,7 @@ def _assign(variable, source, name, transposed):
     for start in range(0, shape[0], step):
         start = min(start, shape[0] - step)  # the last block overlaps the one before: one block shape
         block = tf.convert_to_tensor(source.read(name, (start, start + step)).astype(dtype, copy=False))
-        if transposed:  # file [out, in] rows start:stop -> kernel [in, out] columns start:stop
+        if transposed:  # file [out, in] rows -> the same range of kernel [in, out] columns
             block, corner = tf.transpose(block), [0, start]
         else:
             corner = [start, 0]
