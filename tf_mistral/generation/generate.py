@@ -166,9 +166,8 @@ class GenerationMixin:
         matmuls take its many rows faster than XLA's (bfloat16 twice as fast,
         docs/benchmarks.md); Keras-quantized weights prefill under XLA (TF's graph int8 kernels
         are slow). The decode steps, one row of ~1000 small ops each, need XLA (`jit_compile`).
-        Tokens are
-        only ever picked under `jit_compile`, so a seed draws the same numbers as an XLA
-        SavedModel. Without XLA, cache writes are traced as gathers and selects
+        Tokens are only ever picked under `jit_compile`, so a seed draws the same numbers as an
+        XLA SavedModel. Without XLA, cache writes are traced as gathers and selects
         (`cache.select_writes`): the XLA op of a single-slot update would otherwise be compiled
         on its own at every step.
         """
