@@ -192,6 +192,19 @@ def test_chunked_prefill_of_a_long_prompt_equals_the_full_forward(model, pad):
     np.testing.assert_allclose(logits.numpy(), expected, atol=1e-4)
 
 
+def test_a_prefill_of_the_last_token_alone_fills_every_layer_of_the_cache(model):
+    ids = np.random.default_rng(2).integers(3, 1000, size=(2, 12)).astype(np.int32)
+    empty = kv_cache.empty_cache(model.config, 2, model.config.sliding_window, "float32")
+    logits, cache = model.forward_with_cache(tf.constant(ids), empty, 0)  # last_only: the default
+    every_logit, full_cache = model.forward_with_cache(tf.constant(ids), empty, 0, last_only=False)
+    assert logits.shape == (2, 1, model.config.vocab_size)
+    np.testing.assert_allclose(logits.numpy()[:, 0], model(ids).logits.numpy()[:, -1], atol=1e-5)
+    np.testing.assert_allclose(every_logit.numpy(), model(ids).logits.numpy(), atol=1e-5)
+    for (k, v), (full_k, full_v) in zip(cache, full_cache):
+        np.testing.assert_array_equal(k.numpy(), full_k.numpy())
+        np.testing.assert_array_equal(v.numpy(), full_v.numpy())
+
+
 # --- bad input -------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("kwargs, message", [

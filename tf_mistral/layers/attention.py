@@ -36,7 +36,7 @@ class MistralAttention(keras.layers.Layer):
             projection.build(input_shape)
         self.o_proj.build((*input_shape[:-1], self.num_attention_heads * self.head_dim))
 
-    def call(self, x, cos, sin, mask, cache=None, cache_start=None):
+    def call(self, x, cos, sin, mask, cache=None, cache_start=None, last_only=False):
         """Attends `x` to itself, or to the cache and itself (see `tf_mistral.cache.key_positions`).
 
         Args:
@@ -50,16 +50,23 @@ class MistralAttention(keras.layers.Layer):
                 V [batch, kv_heads, head_dim, cache_length])` holding the positions before
                 `cache_start`.
             cache_start: int32 scalar, the position of `x`'s first token (with a cache).
+            last_only: only the last token queries (its keys and values are still every token's):
+                the last layer of a prefill, whose other rows nothing reads.
 
         Returns:
-            `(output [batch, seq, hidden], new_cache)`; new_cache is None without a cache.
+            `(output [batch, queries, hidden], new_cache)`, queries = 1 when `last_only` else
+            seq; new_cache is None without a cache.
         """
         batch, seq = ops.shape(x)[0], ops.shape(x)[1]
         kv_heads, groups, head_dim = self.num_key_value_heads, self.groups, self.head_dim
 
-        q = ops.reshape(self.q_proj(x), (batch, seq, kv_heads, groups, head_dim))
-        q = apply_rotary_embedding(ops.transpose(q, (0, 2, 3, 1, 4)), cos, sin)  # [B, KVH, G, S, D]
-        q = ops.reshape(q, (batch, kv_heads, groups * seq, head_dim))
+        queries, q_cos, q_sin, queries_seq = x, cos, sin, seq
+        if last_only:
+            queries, q_cos, q_sin, queries_seq = x[:, -1:], cos[:, -1:], sin[:, -1:], 1
+            mask = mask[..., -1:, :]
+        q = ops.reshape(self.q_proj(queries), (batch, queries_seq, kv_heads, groups, head_dim))
+        q = apply_rotary_embedding(ops.transpose(q, (0, 2, 3, 1, 4)), q_cos, q_sin)  # [B, KVH, G, Q, D]
+        q = ops.reshape(q, (batch, kv_heads, groups * queries_seq, head_dim))
         k = ops.reshape(self.k_proj(x), (batch, seq, kv_heads, head_dim))
         k = apply_rotary_embedding(ops.transpose(k, (0, 2, 1, 3)), cos, sin)  # [B, KVH, S, D]
         v = ops.reshape(self.v_proj(x), (batch, seq, kv_heads, head_dim))
@@ -77,17 +84,17 @@ class MistralAttention(keras.layers.Layer):
 
         scores = ops.concatenate([ops.einsum("bkqd,bktd->bkqt", q, key) for key in keys], axis=-1)
         scores = scores * ops.cast(head_dim**-0.5, scores.dtype)
-        scores = ops.reshape(ops.cast(scores, "float32"), (batch, kv_heads, groups, seq, -1))
+        scores = ops.reshape(ops.cast(scores, "float32"), (batch, kv_heads, groups, queries_seq, -1))
         probs = ops.softmax(ops.where(mask, scores, _MASKED), axis=-1)
-        probs = ops.reshape(ops.cast(probs, self.compute_dtype), (batch, kv_heads, groups * seq, -1))
+        probs = ops.reshape(ops.cast(probs, self.compute_dtype), (batch, kv_heads, groups * queries_seq, -1))
         out, offset = 0, 0
         for value in values:
             length = ops.shape(value)[-1]
             out = out + ops.einsum("bkqt,bkdt->bkqd", probs[..., offset:offset + length], value)
             offset = offset + length
 
-        out = ops.reshape(out, (batch, kv_heads, groups, seq, head_dim))
-        out = ops.reshape(ops.transpose(out, (0, 3, 1, 2, 4)), (batch, seq, -1))
+        out = ops.reshape(out, (batch, kv_heads, groups, queries_seq, head_dim))
+        out = ops.reshape(ops.transpose(out, (0, 3, 1, 2, 4)), (batch, queries_seq, -1))
         return self.o_proj(out), new_cache
 
     def get_config(self):

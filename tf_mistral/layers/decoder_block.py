@@ -43,12 +43,13 @@ class MistralDecoderLayer(keras.layers.Layer):
         for sublayer in (self.input_layernorm, self.self_attn, self.post_attention_layernorm, self.mlp):
             sublayer.build(input_shape)
 
-    def call(self, x, cos, sin, mask, cache=None, cache_start=None):
-        """`x [batch, seq, hidden]` -> `(x', new_cache)`; see `MistralAttention.call`."""
+    def call(self, x, cos, sin, mask, cache=None, cache_start=None, last_only=False):
+        """`x [batch, seq, hidden]` -> `(x', new_cache)`, x' `[batch, 1, hidden]` for the last
+        token alone when `last_only`; see `MistralAttention.call`."""
         attended, new_cache = self.self_attn(
-            self.input_layernorm(x), cos, sin, mask, cache=cache, cache_start=cache_start
+            self.input_layernorm(x), cos, sin, mask, cache=cache, cache_start=cache_start, last_only=last_only
         )
-        x = x + attended
+        x = (x[:, -1:] if last_only else x) + attended
         x = x + self.mlp(self.post_attention_layernorm(x))
         return x, new_cache
 

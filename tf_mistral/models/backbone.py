@@ -64,14 +64,19 @@ class TFMistralModel(MistralPreTrainedModel):
         self.rotary_emb.build((None, None))
         self.built = True
 
-    def _run_layers(self, hidden, position_ids, mask, cache=None, cache_start=None, collect=False):
-        """Runs every decoder layer; returns (normed hidden, new cache list or None, states)."""
+    def _run_layers(self, hidden, position_ids, mask, cache=None, cache_start=None, collect=False, last_only=False):
+        """Runs every decoder layer; returns (normed hidden, new cache list or None, states).
+
+        `last_only`: the last layer computes the last token alone (see `MistralAttention.call`).
+        """
         cos, sin = self.rotary_emb(position_ids)
         states, new_cache = [hidden] if collect else [], [] if cache is not None else None
+        last = len(self.decoder_layers) - 1
         for i, layer in enumerate(self.decoder_layers):
             hidden, layer_cache = layer(
                 hidden, cos, sin, mask,
                 cache=None if cache is None else cache[i], cache_start=cache_start,
+                last_only=last_only and i == last,
             )
             if cache is not None:
                 new_cache.append(layer_cache)
@@ -112,7 +117,7 @@ class TFMistralModel(MistralPreTrainedModel):
             output["hidden_states"] = tuple(states)
         return output
 
-    def forward_with_cache(self, input_ids, cache, start, pad_start=None):
+    def forward_with_cache(self, input_ids, cache, start, pad_start=None, last_only=False):
         """A chunk of tokens against the fixed-size cache (prefill or one decode step).
 
         Args:
@@ -121,9 +126,11 @@ class TFMistralModel(MistralPreTrainedModel):
             start: int32 scalar; the Python int 0 says the cache is empty, so the chunk attends
                 to itself alone (a prefill).
             pad_start: int32 `[batch]`, each row's first real position (left padding); None: 0.
+            last_only: return the last token's hidden state alone; the last layer then skips
+                the other tokens' queries and MLP (every layer's cache is still complete).
 
         Returns:
-            `(hidden [batch, seq, hidden], new cache)`.
+            `(hidden [batch, seq or 1, hidden], new cache)`.
         """
         input_ids = ops.cast(input_ids, "int32")
         seq = ops.shape(input_ids)[1]
@@ -138,6 +145,6 @@ class TFMistralModel(MistralPreTrainedModel):
         mask = band_mask(query_positions, key_positions, key_valid, self.config.sliding_window)
         position_ids = ops.maximum(query_positions[None, :] - pad_start[:, None], 0)
         hidden, new_cache, _ = self._run_layers(
-            self.embed_tokens(input_ids), position_ids, mask, cache=cache, cache_start=start
+            self.embed_tokens(input_ids), position_ids, mask, cache=cache, cache_start=start, last_only=last_only
         )
         return hidden, new_cache

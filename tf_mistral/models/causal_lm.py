@@ -42,7 +42,5 @@ class TFMistralForCausalLM(TrainingMixin, GenerationMixin, MistralPreTrainedMode
     def forward_with_cache(self, input_ids, cache, start, pad_start=None, last_only=True):
         """Logits for a chunk run against the cache: `[batch, 1, vocab]` for its last token when
         `last_only`, else `[batch, seq, vocab]`; see `TFMistralModel.forward_with_cache`."""
-        hidden, cache = self.model.forward_with_cache(input_ids, cache, start, pad_start)
-        if last_only:
-            hidden = hidden[:, -1:]
+        hidden, cache = self.model.forward_with_cache(input_ids, cache, start, pad_start, last_only)
         return self.lm_head(hidden), cache
