@@ -1,8 +1,6 @@
 """`tf_mistral.backends`: timings, streamed text, SavedModel folder lookup (the runtimes themselves
 are checked against the Keras model in test_cli.py)."""
 
-import io
-
 import pytest
 
 from tf_mistral import backends
@@ -18,37 +16,6 @@ def test_tokens_per_second_without_streaming_includes_the_prefill():
     result = backends.Result([5, 6], seconds=4.0)
     assert result.tokens_per_second == pytest.approx(0.5)
     assert "prefill included" in result.summary()
-
-
-def test_text_printer_keeps_the_space_before_the_first_new_word(tok_v1):
-    prompt = tok_v1.encode("Alice was")
-    whole = tok_v1.encode("Alice was beginning to")
-    out = io.StringIO()
-    printer = backends.TextPrinter(tok_v1, prompt_ids=prompt, file=out)
-    for token in whole[len(prompt):]:
-        printer(token)
-    assert out.getvalue() == " beginning to"
-
-
-def test_text_printer_waits_for_a_whole_character_and_flushes_the_rest(tok_v1):
-    ids = tok_v1.encode("🦜", add_special_tokens=False)  # "▁" then 4 byte pieces (byte fallback)
-    out = io.StringIO()
-    printer = backends.TextPrinter(tok_v1, file=out)
-    for token in ids[:3]:
-        printer(token)
-    assert out.getvalue() == ""  # "▁" (the stripped dummy prefix) and half a UTF-8 character
-    printer(ids[3])
-    printer.flush()  # a generation that ends mid-character shows what it has
-    assert out.getvalue() == tok_v1.decode(ids[:4]) and out.getvalue().endswith("\ufffd")
-
-
-def test_text_printer_prints_a_character_once_whole(tok_v1):
-    ids = tok_v1.encode("🦜", add_special_tokens=False)
-    out = io.StringIO()
-    printer = backends.TextPrinter(tok_v1, file=out)
-    for token in ids:
-        printer(token)
-    assert out.getvalue() == "🦜" == tok_v1.decode(ids)
 
 
 def test_find_saved_model_takes_the_highest_version(tmp_path):

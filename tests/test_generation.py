@@ -1,6 +1,8 @@
 """`generate()` against HF transformers' greedy generations (fixtures), and its contract: compiled
 loops reused across a bucket, seeded sampling, stop tokens, streaming, the rolling cache, errors."""
 
+import io
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -156,6 +158,39 @@ def test_text_streamer_prints_the_decoded_text(model, tmp_path):
     with open(path, "w") as file:
         out = model.generate(PROMPT, max_new_tokens=6, eos_token_id=[], streamer=TextStreamer(Tokenizer(), file=file))
     assert path.read_text().strip() == " ".join(str(i) for i in out[0, 7:])
+
+
+def test_text_streamer_keeps_the_space_before_the_first_new_word(tok_v1):
+    prompt = tok_v1.encode("Alice was")
+    whole = tok_v1.encode("Alice was beginning to")
+    out = io.StringIO()
+    streamer = TextStreamer(tok_v1, prompt_ids=prompt, file=out)
+    for token in whole[len(prompt):]:
+        streamer.put([token])
+    assert out.getvalue() == " beginning to"
+    streamer.end()
+    assert out.getvalue() == " beginning to\n" and streamer.tokens_per_second > 0
+
+
+def test_text_streamer_waits_for_a_whole_character_and_ends_with_the_rest(tok_v1):
+    ids = tok_v1.encode("🦜", add_special_tokens=False)  # "▁" then 4 byte pieces (byte fallback)
+    out = io.StringIO()
+    streamer = TextStreamer(tok_v1, file=out)
+    for token in ids[:3]:
+        streamer.put(token)
+    assert out.getvalue() == ""  # "▁" (the stripped dummy prefix) and half a UTF-8 character
+    streamer.put(ids[3])
+    streamer.end()  # a generation that ends mid-character shows what it has
+    assert out.getvalue() == tok_v1.decode(ids[:4]) + "\n" and tok_v1.decode(ids[:4]).endswith("\ufffd")
+
+
+def test_text_streamer_prints_a_character_once_whole(tok_v1):
+    ids = tok_v1.encode("🦜", add_special_tokens=False)
+    out = io.StringIO()
+    streamer = TextStreamer(tok_v1, file=out)
+    for token in ids:
+        streamer.put(token)
+    assert out.getvalue() == "🦜" == tok_v1.decode(ids)
 
 
 # --- the rolling cache -----------------------------------------------------------------------

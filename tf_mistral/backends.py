@@ -157,36 +157,12 @@ def saved_model_generate(loaded, prompt_ids, on_token=None, **sampling):
     return Result(new_ids, seconds)
 
 
-class TextPrinter:
-    """`on_token` that prints the new text as it grows (and waits out partial UTF-8 characters).
-
-    The prompt's ids are decoded with the new ones, so the first new word keeps its space."""
-
-    def __init__(self, tokenizer, prompt_ids=(), file=None):
-        self.tokenizer, self.file = tokenizer, file
-        self.ids = [int(i) for i in prompt_ids]
-        self.printed = len(self._text())
-
-    def _text(self):
-        return self.tokenizer.decode(self.ids, skip_special_tokens=True)
-
-    def __call__(self, token):
-        self.ids.append(int(token))
-        text = self._text()
-        if not text.endswith("\ufffd"):
-            self.flush(text)
-
-    def flush(self, text=None):
-        """Prints what is left (at the end: also an unfinished character, as U+FFFD)."""
-        text = self._text() if text is None else text
-        print(text[self.printed:], end="", flush=True, file=self.file)
-        self.printed = len(text)
-
-
 def print_generation(run, runtime, tokenizer, prompt_ids, file=None, **sampling):
     """Runs `run` (`keras_generate`, `saved_model_generate` or `tflite_generate`) on `runtime`,
-    printing the new text as it comes; returns its `Result`."""
-    printer = TextPrinter(tokenizer, prompt_ids=prompt_ids, file=file)
-    result = run(runtime, prompt_ids, on_token=printer, **sampling)
-    printer.flush()
+    printing the new text as it comes, then a newline; returns its `Result`."""
+    from tf_mistral.generation.generate import TextStreamer
+
+    printer = TextStreamer(tokenizer, prompt_ids=prompt_ids, file=file)
+    result = run(runtime, prompt_ids, on_token=printer.put, **sampling)
+    printer.end()
     return result

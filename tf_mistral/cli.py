@@ -249,7 +249,6 @@ def generate(args):
         print(tokenizer.decode(ids, skip_special_tokens=True), end="", flush=True)
     with silenced_stderr() if args.tflite else contextlib.nullcontext():  # LiteRT's "Created XNNPACK delegate"
         result = backends.print_generation(run, runtime, tokenizer, ids, **sampling)
-    print(flush=True)
     print(f"[{result.summary()}]", file=sys.stderr)
 
 
@@ -281,7 +280,6 @@ def chat(args):
         ids = [int(i) for i in tokenizer.apply_chat_template(messages, return_tensors="np")[0]]
         print("mistral> ", end="", flush=True)
         result = backends.print_generation(backends.keras_generate, model, tokenizer, ids, **sampling)
-        print(flush=True)
         print(f"[{result.summary()}]", file=sys.stderr)
         messages.append({"role": "assistant", "content": tokenizer.decode(result.new_ids, skip_special_tokens=True)})
 

@@ -137,7 +137,7 @@ def run_backend(name, run, runtime, tokenizer, ids, sampling, quiet=False):
     print(tokenizer.decode(ids, skip_special_tokens=True), end="", flush=True)
     with silenced_stderr() if quiet else contextlib.nullcontext():
         result = backends.print_generation(run, runtime, tokenizer, ids, **sampling)
-    print(f"\n    [{result.summary()}]", flush=True)
+    print(f"    [{result.summary()}]", flush=True)
     return result
 
 

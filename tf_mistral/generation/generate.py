@@ -218,26 +218,45 @@ def _stream(state, step, args, max_new_tokens, streamer):
 class TextStreamer:
     """Prints text as it is generated (row 0 of the batch), like HF's `TextStreamer`.
 
-    `tokens_per_second` is known after `end()`.
+    Args:
+        tokenizer: what decodes the ids (a `MistralTokenizer`).
+        prompt_ids: ids already shown, not printed again: the new ids are decoded after them, so
+            the first new word keeps its leading space.
+        skip_special_tokens: leave out <s>, </s> and other control tokens.
+        file: where the text goes (default: stdout).
+
+    `put(token_ids)` takes each new column (`[batch]` ids, or one id) and prints the text it adds,
+    holding back an unfinished UTF-8 character until its last byte comes; `end()` prints what is
+    left (an unfinished character as U+FFFD) and a newline. `tokens_per_second` is known after
+    `end()`.
     """
 
-    def __init__(self, tokenizer, skip_special_tokens=True, file=None):
+    def __init__(self, tokenizer, prompt_ids=(), skip_special_tokens=True, file=None):
         self.tokenizer = tokenizer
         self.skip_special_tokens = skip_special_tokens
         self.file = file
-        self.ids, self.printed, self.started = [], 0, None
-        self.tokens_per_second = None
+        self.ids = [int(i) for i in prompt_ids]
+        self.new_tokens, self.started, self.tokens_per_second = 0, None, None
+        self.printed = len(self._text())
+
+    def _text(self):
+        return self.tokenizer.decode(self.ids, skip_special_tokens=self.skip_special_tokens)
+
+    def _print(self, text):
+        print(text[self.printed:], end="", flush=True, file=self.file)
+        self.printed = len(text)
 
     def put(self, token_ids):
         if self.started is None:
             self.started = time.perf_counter()
         self.ids.append(int(np.asarray(token_ids).reshape(-1)[0]))
-        text = self.tokenizer.decode(self.ids, skip_special_tokens=self.skip_special_tokens)
+        self.new_tokens += 1
+        text = self._text()
         if not text.endswith("\ufffd"):  # wait for the rest of a multi-byte character
-            print(text[self.printed:], end="", flush=True, file=self.file)
-            self.printed = len(text)
+            self._print(text)
 
     def end(self):
         elapsed = time.perf_counter() - (self.started or time.perf_counter())
-        self.tokens_per_second = len(self.ids) / elapsed if elapsed > 0 else None
+        self.tokens_per_second = self.new_tokens / elapsed if elapsed > 0 else None
+        self._print(self._text())
         print(file=self.file, flush=True)
