@@ -19,6 +19,7 @@ space in its place, as in `sentencepiece` (the model uses "▁" for spaces).
 """
 
 import base64
+import functools
 import importlib.resources
 import pathlib
 
@@ -69,7 +70,8 @@ class _SentencepieceOp(tf.Module):
 
     Setting the global seed clears TensorFlow's eager kernel cache, and with it the kernel that
     owns the SentencePiece model resource; the next eager call then fails with NotFoundError.
-    Eager calls rebuild the op once and retry; traced graphs hold the resource they were built with.
+    Eager calls rebuild the op once and retry; traced graphs hold the resource they were built
+    with (the tokenizer's own traced decode rebuilds and traces again: `_decode_rows`).
     """
 
     def __init__(self, model_proto, **options):
@@ -81,16 +83,25 @@ class _SentencepieceOp(tf.Module):
         try:
             return getattr(self._op, method)(values)
         except tf.errors.NotFoundError as error:
-            if not tf.executing_eagerly() or "Sentencepiece" not in str(error):
+            if not tf.executing_eagerly() or not _lost_resource(error):
                 raise
-            self._op = tf_text.SentencepieceTokenizer(**self._arguments)
+            self.rebuild()
             return getattr(self._op, method)(values)
+
+    def rebuild(self):
+        """A new op (and SentencePiece resource), after `tf.random.set_seed` dropped the old one."""
+        self._op = tf_text.SentencepieceTokenizer(**self._arguments)
 
     def tokenize(self, texts):
         return self._call("tokenize", texts)
 
     def detokenize(self, ids):
         return self._call("detokenize", ids)
+
+
+def _lost_resource(error):
+    """Whether a NotFoundError says the SentencePiece resource is gone (see `_SentencepieceOp`)."""
+    return "Sentencepiece" in str(error)
 
 
 def _load_processor(model_proto):
@@ -465,7 +476,7 @@ class MistralTokenizer(tf.Module):
     def decode(self, ids, skip_special_tokens=False):
         """One sequence of ids (list, numpy, tf tensor) -> str."""
         rows = _as_id_rows(ids, self.vocab_size, single=True)
-        return self.detokenize(rows, skip_special_tokens)[0].numpy().decode("utf-8")
+        return self._decode_rows(rows, skip_special_tokens)[0].decode("utf-8")
 
     def batch_decode(self, sequences, skip_special_tokens=False):
         """A batch of id sequences ([batch, len] tensor/array, RaggedTensor, list of lists) -> list of str.
@@ -473,7 +484,29 @@ class MistralTokenizer(tf.Module):
         Padding is `pad_token_id`: dropped with `skip_special_tokens`, else written as its piece.
         """
         rows = _as_id_rows(sequences, self.vocab_size, single=False)
-        return [text.decode("utf-8") for text in self.detokenize(rows, skip_special_tokens).numpy()]
+        return [text.decode("utf-8") for text in self._decode_rows(rows, skip_special_tokens)]
+
+    def _decode_rows(self, rows, skip_special_tokens):
+        """Bytes [batch] of int32 RaggedTensor rows, through `_traced_detokenize`."""
+        try:
+            return self._traced_detokenize[bool(skip_special_tokens)](rows).numpy()
+        except tf.errors.NotFoundError as error:
+            if not _lost_resource(error):
+                raise
+            self._sentencepiece.rebuild()
+            del self.__dict__["_traced_detokenize"]  # trace again, over the new resource
+            return self._traced_detokenize[bool(skip_special_tokens)](rows).numpy()
+
+    @functools.cached_property
+    def _traced_detokenize(self):
+        """`detokenize` as a traced function per `skip_special_tokens`, for the Python API: on
+        CPU a call costs under a millisecond, the same ops run eagerly over ten (a streamer
+        decodes at every token). Kept out of SavedModels: a cached_property is not tracked."""
+        rows = tf.RaggedTensorSpec([None, None], tf.int32, ragged_rank=1, row_splits_dtype=tf.int64)
+        return {
+            skip: tf.function(functools.partial(self.detokenize, skip_special_tokens=skip), input_signature=[rows])
+            for skip in (False, True)
+        }
 
     def apply_chat_template(
         self,
