@@ -6,7 +6,13 @@ import pytest
 from tf_mistral import backends
 
 
-def test_tokens_per_second_counts_from_the_first_token():
+def test_tokens_per_second_counts_from_the_second_token():
+    result = backends.Result([5, 6, 7, 8], seconds=5.0, first_token_seconds=1.0, second_token_seconds=3.0)
+    assert result.tokens_per_second == pytest.approx(1.0)  # 2 tokens in the 2 s after the second
+    assert result.summary() == "4 tokens in 5.0 s (first after 1.0 s, second after 3.0 s, then 1.0 tokens/s)"
+
+
+def test_tokens_per_second_counts_from_the_first_token_when_the_second_is_unknown():
     result = backends.Result([5, 6, 7], seconds=3.0, first_token_seconds=1.0)
     assert result.tokens_per_second == pytest.approx(1.0)  # 2 tokens in the 2 s after the first
     assert result.summary() == "3 tokens in 3.0 s (first after 1.0 s, then 1.0 tokens/s)"

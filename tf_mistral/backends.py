@@ -25,45 +25,52 @@ class Result:
     """New token ids and timings of one generation.
 
     `first_token_seconds` is the time to the first new token (prefill, plus tracing / compiling
-    on a first call); None when the runtime returns every token at once (SavedModel).
+    on a first call) and `second_token_seconds` to the second (a first call of `generate` also
+    compiles its decode step there); both None when the runtime returns every token at once
+    (SavedModel).
     """
 
     new_ids: list
     seconds: float
     first_token_seconds: float = None
+    second_token_seconds: float = None
 
     @property
     def tokens_per_second(self):
-        """Decode speed: tokens after the first over the time after it (or all over all)."""
+        """Decode speed: the tokens after the second over the time after it (after the first when
+        only that is known; all over all when neither is)."""
         count = len(self.new_ids)
-        if self.first_token_seconds is not None and count > 1 and self.seconds > self.first_token_seconds:
-            return (count - 1) / (self.seconds - self.first_token_seconds)
+        for seen, since in ((2, self.second_token_seconds), (1, self.first_token_seconds)):
+            if since is not None and count > seen and self.seconds > since:
+                return (count - seen) / (self.seconds - since)
         return count / self.seconds if self.seconds > 0 else float("nan")
 
     def summary(self):
-        """"64 tokens in 3.1 s (first after 1.9 s, then 52.3 tokens/s)"."""
+        """"64 tokens in 3.1 s (first after 1.2 s, second after 1.9 s, then 52.3 tokens/s)"."""
         head = f"{len(self.new_ids)} tokens in {self.seconds:.1f} s"
         if self.first_token_seconds is None:
             return f"{head} ({self.tokens_per_second:.1f} tokens/s, prefill included)"
-        return f"{head} (first after {self.first_token_seconds:.1f} s, then {self.tokens_per_second:.1f} tokens/s)"
+        second = "" if self.second_token_seconds is None else f", second after {self.second_token_seconds:.1f} s"
+        return f"{head} (first after {self.first_token_seconds:.1f} s{second}, then {self.tokens_per_second:.1f} tokens/s)"
 
 
 class _Clock:
-    """Counts streamed tokens and notes when the first one came."""
+    """Counts streamed tokens and notes when the first two came."""
 
     def __init__(self, on_token):
         self.on_token = on_token
         self.started = time.perf_counter()
-        self.first = None
+        self.arrivals = []
 
     def __call__(self, token):
-        if self.first is None:
-            self.first = time.perf_counter() - self.started
+        if len(self.arrivals) < 2:
+            self.arrivals.append(time.perf_counter() - self.started)
         if self.on_token is not None:
             self.on_token(int(token))
 
     def result(self, new_ids):
-        return Result(list(new_ids), time.perf_counter() - self.started, self.first)
+        first, second = (self.arrivals + [None, None])[:2]
+        return Result(list(new_ids), time.perf_counter() - self.started, first, second)
 
 
 def _sampling(overrides):
