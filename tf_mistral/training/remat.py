@@ -30,9 +30,9 @@ def rematerialize(model):
 
 
 def _recomputed(call):
-    def remat_call(x, cos, sin, mask, cache=None, cache_start=None):
-        if cache is not None:
-            return call(x, cos, sin, mask, cache=cache, cache_start=cache_start)
+    def remat_call(x, cos, sin, mask, cache=None, cache_start=None, last_only=False):
+        if cache is not None or last_only:
+            return call(x, cos, sin, mask, cache=cache, cache_start=cache_start, last_only=last_only)
         layer_output = tf.recompute_grad(lambda x, cos, sin: call(x, cos, sin, mask)[0])
         return layer_output(x, cos, sin), None
 
