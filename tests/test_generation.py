@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_mistral import TextStreamer
+from conftest import fixture_path
+from tf_mistral import TextStreamer, TFMistralForCausalLM
 from tf_mistral import cache as kv_cache
 from tf_mistral.generation import loop
 from tf_mistral.generation.sampling import SamplingMode
@@ -191,6 +192,29 @@ def test_text_streamer_prints_a_character_once_whole(tok_v1):
     for token in ids:
         streamer.put(token)
     assert out.getvalue() == "🦜" == tok_v1.decode(ids)
+
+
+# --- weights changed after a first generate ------------------------------------------------
+
+@pytest.mark.filterwarnings("ignore:Layer .* does not have a `quantize` method")
+def test_generate_after_quantize_or_lora_runs_the_new_weights():
+    def fresh():
+        return TFMistralForCausalLM.from_pretrained(fixture_path("tiny_window"), progress=False)
+
+    def with_adapters(model):
+        model.enable_lora(4)
+        for variable in model.trainable_weights:  # LoRA's B starts at zero: make the adapters count
+            variable.assign(np.full(variable.shape, 0.05, variable.dtype))
+        return model
+
+    for change in (lambda model: model.quantize("int8"), with_adapters):
+        changed_later, changed_first = fresh(), fresh()
+        unchanged = greedy(changed_later, PROMPT, max_new_tokens=20)
+        change(changed_later)
+        change(changed_first)
+        expected = greedy(changed_first, PROMPT, max_new_tokens=20)
+        assert not np.array_equal(expected, unchanged)
+        np.testing.assert_array_equal(greedy(changed_later, PROMPT, max_new_tokens=20), expected)
 
 
 # --- the rolling cache -----------------------------------------------------------------------

@@ -167,13 +167,16 @@ class GenerationMixin:
         docs/benchmarks.md); Keras-quantized weights prefill under XLA (TF's graph int8 kernels
         are slow). The decode steps, one row of ~1000 small ops each, need XLA (`jit_compile`).
         Tokens are only ever picked under `jit_compile`, so a seed draws the same numbers as an
-        XLA SavedModel. Without XLA, cache writes are traced as gathers and selects
+        XLA SavedModel. A trace captures the model's variables: when they change (`quantize`,
+        `enable_lora`), every function is traced again. Without XLA, cache writes are traced as gathers and selects
         (`cache.select_writes`): the XLA op of a single-slot update would otherwise be compiled
         on its own at every step.
         """
-        if not hasattr(self, "_generation_functions"):
-            self._generation_functions = {}
+        if not hasattr(self, "generation_traces"):
             self.generation_traces = 0
+        weights = tuple(variable.path for variable in self.weights)
+        if getattr(self, "_generation_weights", None) != weights:  # new, or quantize() / enable_lora() since
+            self._generation_functions, self._generation_weights = {}, weights
         key = (kind, batch, *shape, sampling.mode, sampling.eos_token_ids, sampling.pad_token_id, jit_compile)
         if key not in self._generation_functions:
             static = dict(mode=sampling.mode, eos_token_ids=sampling.eos_token_ids, pad_token_id=sampling.pad_token_id)
