@@ -9,6 +9,7 @@ import keras
 import ml_dtypes
 import numpy as np
 import pytest
+import tensorflow as tf
 from safetensors.numpy import load_file, save_file
 
 from conftest import fixture_path
@@ -118,6 +119,19 @@ def test_loading_leaves_the_layers_initializers_as_they_were(causal_lm):
 def test_tensors_larger_than_a_read_block_load_identically(causal_lm, monkeypatch):
     monkeypatch.setattr(checkpoint, "_BLOCK_BYTES", 1000)  # a few rows per block, many blocks per tensor
     assert_same_weights(load(fixture_path("tiny_window")), causal_lm("tiny_window"))
+
+
+def test_loaded_variables_are_read_without_a_copy():
+    """Sparse writes (`ResourceStridedSliceAssign`) would put a variable in copy-on-read mode:
+    every later read, in a graph too, then copies the whole weight. Two reads of a dense
+    variable share its buffer."""
+
+    def buffer(variable):
+        return tf.convert_to_tensor(variable).numpy().__array_interface__["data"][0]
+
+    model = load(fixture_path("tiny_window"))
+    copied = [variable.path for variable in model.weights if buffer(variable) != buffer(variable)]
+    assert not copied
 
 
 def test_token_classifier_from_causal_lm_checkpoint_warns_about_weight_and_bias():
