@@ -168,9 +168,9 @@ class GenerationMixin:
         are slow). The decode steps, one row of ~1000 small ops each, need XLA (`jit_compile`).
         Tokens are only ever picked under `jit_compile`, so a seed draws the same numbers as an
         XLA SavedModel. A trace captures the model's variables: when they change (`quantize`,
-        `enable_lora`), every function is traced again. Without XLA, cache writes are traced as gathers and selects
-        (`cache.select_writes`): the XLA op of a single-slot update would otherwise be compiled
-        on its own at every step.
+        `enable_lora`), every function is traced again. Without XLA, cache writes are traced as
+        gathers and selects (`cache.select_writes`): the XLA op of a single-slot update would
+        otherwise be compiled on its own at every step.
         """
         if not hasattr(self, "generation_traces"):
             self.generation_traces = 0
