@@ -220,7 +220,7 @@ def export_saved_model(
 
     if generation:
         module = serving_signatures.GenerationSignatures(model, tokenizer, max_length, max_new_tokens, xla=xla)
-        trace_scope, cache_length = (contextlib.nullcontext if xla else kv_cache.select_writes), module.cache_length
+        trace_scope, cache_length = (contextlib.nullcontext if xla else kv_cache.core_op_writes), module.cache_length
     else:
         module = serving_signatures.ClassificationSignatures(model, tokenizer, max_length)
         trace_scope, cache_length = contextlib.nullcontext, None

@@ -27,7 +27,7 @@ CHAT = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": 
 
 # Every op the exported graphs may hold: TensorFlow core and TF Text (Sentencepiece*), no XLA.
 # XlaDynamicUpdateSlice (keras.ops.slice_update on TensorFlow) has a CPU kernel in TF only through
-# XLA's compile-on-demand, so it is excluded: the exporter traces cache writes as gather + select.
+# XLA's compile-on-demand, so it is excluded: the exporter traces a step's cache write as a scatter.
 ALLOWED_OPS = {
     "Add", "AddV2", "All", "Any", "ArgMax", "Assert", "AssignVariableOp", "BatchMatMulV2", "BroadcastTo", "Cast",
     "ConcatV2", "Const", "Cos", "Cumsum", "DenseBincount", "DisableCopyOnRead", "DynamicStitch", "Equal",

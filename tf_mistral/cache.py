@@ -14,23 +14,24 @@ import contextlib
 
 from keras import ops
 
-_select_writes = False  # set by `select_writes()`, read while tracing `write`
+_core_op_writes = False  # set by `core_op_writes()`, read while tracing `write`
 
 
 @contextlib.contextmanager
-def select_writes():
-    """Within this block, `write` traces a 1-token chunk like a longer one (gather + select).
+def core_op_writes():
+    """Within this block, `write` traces a 1-token chunk as a scatter (`TensorScatterUpdate`).
 
     On the TensorFlow backend `slice_update` is the XLA op `XlaDynamicUpdateSlice`, which outside
-    XLA runs only by compiling that op with XLA on the spot. The SavedModel exporter traces under
-    this block so that its graph needs core TensorFlow kernels alone (stock TF Serving, no XLA).
+    XLA runs only by compiling that op with XLA on the spot. The SavedModel exporter and
+    `generate(jit_compile=False)` trace under this block so that their graphs need core
+    TensorFlow kernels alone (stock TF Serving, no XLA).
     """
-    global _select_writes
-    saved, _select_writes = _select_writes, True
+    global _core_op_writes
+    saved, _core_op_writes = _core_op_writes, True
     try:
         yield
     finally:
-        _select_writes = saved
+        _core_op_writes = saved
 
 
 def cache_length(max_length, sliding_window):
@@ -97,14 +98,17 @@ def write(k_cache, v_cache, k_new, v_new, start):
 
     Returns:
         The updated `(k_cache, v_cache)`. Only the chunk's last `length` entries are kept.
-        A single step is one `slice_update` (TFLite DYNAMIC_UPDATE_SLICE; see `select_writes`);
-        a longer chunk may wrap around the ring, so it is a gather of the chunk and a select per slot.
+        A single step is one `slice_update` (TFLite DYNAMIC_UPDATE_SLICE), or under
+        `core_op_writes` one scatter; a longer chunk may wrap around the ring, so it is a gather
+        of the chunk and a select per slot.
     """
     length = k_cache.shape[2]
     seq = k_new.shape[2]
     start = ops.cast(start, "int32")
-    if seq == 1 and not _select_writes:
+    if seq == 1:
         slot = ops.mod(start, length)
+        if _core_op_writes:
+            return _scatter_into_slot(k_cache, k_new, slot, 2), _scatter_into_slot(v_cache, v_new, slot, 3)
         zero = ops.zeros((), dtype="int32")
         k_cache = ops.slice_update(k_cache, [zero, zero, slot, zero], k_new)
         v_cache = ops.slice_update(v_cache, [zero, zero, zero, slot], v_new)
@@ -118,3 +122,18 @@ def write(k_cache, v_cache, k_new, v_new, start):
     k_cache = ops.where(written[:, None], ops.take(k_new, source, axis=2), k_cache)
     v_cache = ops.where(written, ops.take(v_new, source, axis=3), v_cache)
     return k_cache, v_cache
+
+
+def _scatter_into_slot(cache, new, slot, slot_axis):
+    """`cache` with `new` written at index `slot` of `slot_axis` (where `new` has size 1).
+
+    One index per element of the axes before `slot_axis` (batch and kv heads, and for V the
+    head dim): `[batch * kv_heads, 3]` for K (each index takes a `head_dim` row), `[batch *
+    kv_heads * head_dim, 4]` for V (each takes a scalar).
+    """
+    shape = ops.shape(cache)
+    grids = ops.meshgrid(*[ops.arange(shape[axis], dtype="int32") for axis in range(slot_axis)], indexing="ij")
+    columns = [ops.reshape(grid, (-1,)) for grid in grids]
+    columns.append(ops.full_like(columns[0], slot))
+    updates = ops.reshape(new, (-1, *cache.shape[slot_axis + 1:]))
+    return ops.scatter_update(cache, ops.stack(columns, axis=1), updates)

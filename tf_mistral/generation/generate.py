@@ -168,8 +168,8 @@ class GenerationMixin:
         are slow). The decode steps, one row of ~1000 small ops each, need XLA (`jit_compile`).
         Tokens are only ever picked under `jit_compile`, so a seed draws the same numbers as an
         XLA SavedModel. A trace captures the model's variables: when they change (`quantize`,
-        `enable_lora`), every function is traced again. Without XLA, cache writes are traced as
-        gathers and selects (`cache.select_writes`): the XLA op of a single-slot update would
+        `enable_lora`), every function is traced again. Without XLA, a step's cache write is
+        traced as a scatter (`cache.core_op_writes`): the XLA op of a single-slot update would
         otherwise be compiled on its own at every step.
         """
         if not hasattr(self, "generation_traces"):
@@ -194,7 +194,7 @@ class GenerationMixin:
 
             def traced(*args):
                 self.generation_traces += 1
-                with contextlib.nullcontext() if xla else kv_cache.select_writes():
+                with contextlib.nullcontext() if xla else kv_cache.core_op_writes():
                     return functions[kind](*args)
 
             self._generation_functions[key] = tf.function(traced, jit_compile=xla)
