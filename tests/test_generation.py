@@ -194,6 +194,13 @@ def test_text_streamer_prints_a_character_once_whole(tok_v1):
     assert out.getvalue() == "🦜" == tok_v1.decode(ids)
 
 
+def test_jit_compile_defaults_to_xla_except_in_bfloat16():
+    for dtype, xla in (("float32", True), ("bfloat16", False)):
+        model = TFMistralForCausalLM.from_pretrained(fixture_path("tiny_window"), dtype=dtype, progress=False)
+        greedy(model, PROMPT, max_new_tokens=2)
+        assert {key[-1] for key in model._generation_functions} == {xla}  # keys end with jit_compile
+
+
 # --- weights changed after a first generate ------------------------------------------------
 
 @pytest.mark.filterwarnings("ignore:Layer .* does not have a `quantize` method")

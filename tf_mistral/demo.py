@@ -167,12 +167,12 @@ def directory_size(path):
 
 def print_summary(results, checkpoint, serving, tflite, prompt):
     """The runtimes side by side, the files written, and the commands that run them again."""
-    reference = results["Keras (XLA)"].new_ids
+    reference = next(iter(results.values())).new_ids  # the Keras model's
     print("\nsame prompt, three runtimes:")
-    print(f"    {'runtime':<14}{'tokens':>7}{'tokens/s':>10}   same tokens as Keras")
+    print(f"    {'runtime':<18}{'tokens':>7}{'tokens/s':>10}   same tokens as Keras")
     for name, result in results.items():
         same = matching_prefix(result.new_ids, reference)
-        print(f"    {name:<14}{len(result.new_ids):>7}{result.tokens_per_second:>10.1f}   {same} of {len(reference)}")
+        print(f"    {name:<18}{len(result.new_ids):>7}{result.tokens_per_second:>10.1f}   {same} of {len(reference)}")
     print("\nfiles:")
     for path in (checkpoint, serving, tflite):
         print(f"    {path:<44}{directory_size(path) / 2**20:9.1f} MiB")
@@ -215,6 +215,7 @@ def run_demo(
     from tf_mistral import TFMistralForCausalLM, backends
     from tf_mistral.cli import load_tokenizer, silenced_stderr
     from tf_mistral.export.tflite_runner import TFLiteRunner
+    from tf_mistral.generation.generate import decodes_under_xla
 
     steps = (0 if checkpoint else DEFAULT_STEPS) if steps is None else steps
     learning_rate = learning_rate or (1e-3 if checkpoint else 3e-3)
@@ -249,7 +250,8 @@ def run_demo(
         report("fine-tuning skipped (--steps 0)")
         metrics = {}
 
-    report(f"generating with the Keras model (greedy, XLA), {max_new_tokens} tokens")
+    keras_loop = "XLA" if decodes_under_xla(model) else "TF graph"
+    report(f"generating with the Keras model (greedy, {keras_loop}), {max_new_tokens} tokens")
     keras_result = run_backend("Keras", backends.keras_generate, model, tokenizer, ids, sampling)
     expected = text_ids[len(ids):] if text.startswith(prompt) and ids == text_ids[:len(ids)] else None
     if expected is not None:
@@ -282,7 +284,7 @@ def run_demo(
     tflite_result = run_backend(f"TFLite {quantize}", backends.tflite_generate, runner, tokenizer, ids, sampling, quiet=True)
     report.done()
 
-    results = {"Keras (XLA)": keras_result, "SavedModel": saved_result, f"TFLite {quantize}": tflite_result}
+    results = {f"Keras ({keras_loop})": keras_result, "SavedModel": saved_result, f"TFLite {quantize}": tflite_result}
     print_summary(results, folder, os.path.dirname(serving["path"]), tflite_path, prompt)
     total = report.elapsed()
     print(f"\ndone in {total / 60:.1f} min", flush=True)

@@ -70,7 +70,7 @@ class GenerationMixin:
         eos_token_id=None,
         pad_token_id=None,
         streamer=None,
-        jit_compile=True,
+        jit_compile=None,
     ):
         """Generates continuations, as HF `generate` does.
 
@@ -84,10 +84,9 @@ class GenerationMixin:
             pad_token_id: what a finished row emits (default: config pad, else the first eos).
             streamer: an object with `put(token_ids [batch])` and `end()` (e.g. `TextStreamer`),
                 or a callable taking the token ids; it receives each new column as it is made.
-            jit_compile: compile the decode loop with XLA (the default: on CPU the faster path
-                for float32, bfloat16 and int8 alike, docs/benchmarks.md) or, False, run it as a
-                plain TensorFlow graph. The prefill of float weights runs as a TensorFlow graph
-                either way.
+            jit_compile: True: the decode loop under XLA; False: as a plain TensorFlow graph;
+                None (default): the faster on CPU for the model's dtype (`decodes_under_xla`).
+                The prefill of float weights runs as a TensorFlow graph either way.
 
         Returns:
             int32 numpy `[batch, prompt + n]`: the prompt as given followed by the new tokens
@@ -120,8 +119,10 @@ class GenerationMixin:
                 f"exceeds max_position_embeddings ({self.config.max_position_embeddings}); shorten the prompt"
             )
         validate_sampling(do_sample, temperature, top_k, top_p)
+        if jit_compile is None:
+            jit_compile = decodes_under_xla(self)
         if not isinstance(jit_compile, bool):
-            raise ValueError(f"jit_compile must be True (XLA) or False (TF graph), got {jit_compile!r}")
+            raise ValueError(f"jit_compile must be True (XLA), False (TF graph) or None (auto), got {jit_compile!r}")
         eos = self.config.eos_token_ids if eos_token_id is None else list(np.atleast_1d(eos_token_id).tolist())
         if pad_token_id is None:
             pad_token_id = self.config.pad_token_id if self.config.pad_token_id is not None else (eos[0] if eos else 0)
@@ -199,6 +200,17 @@ class GenerationMixin:
 
             self._generation_functions[key] = tf.function(traced, jit_compile=xla)
         return self._generation_functions[key]
+
+
+def decodes_under_xla(model):
+    """What `generate(jit_compile=None)` picks: XLA, except for bfloat16 compute.
+
+    Measured on CPU (docs/benchmarks.md): XLA decodes float32 and Keras-int8 weights fastest. In
+    bfloat16 XLA has no fast dot: it converts every weight to float32 at each call (a float32
+    copy of the weights in memory meanwhile) and then decodes at the float32 rate, which a plain
+    TensorFlow graph (oneDNN's bfloat16 matmuls) matches without the conversion.
+    """
+    return model.compute_dtype != "bfloat16"
 
 
 def _quantized(model):
