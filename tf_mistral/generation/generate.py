@@ -166,9 +166,9 @@ class GenerationMixin:
         The prefill of float weights runs as a TensorFlow graph: on CPU, TensorFlow's oneDNN
         matmuls take its many rows faster than XLA's (bfloat16 twice as fast,
         docs/benchmarks.md); Keras-quantized weights prefill under XLA (TF's graph int8 kernels
-        are slow). The decode steps, one row of ~1000 small ops each, need XLA (`jit_compile`).
-        Tokens are only ever picked under `jit_compile`, so a seed draws the same numbers as an
-        XLA SavedModel. A trace captures the model's variables: when they change (`quantize`,
+        are slow). The decode steps, one row of ~1000 small ops each, run under XLA with
+        `jit_compile` (the float32 and int8 default; `decodes_under_xla`), and then every token
+        is picked under XLA too, so a seed draws the same numbers as an XLA SavedModel. A trace captures the model's variables: when they change (`quantize`,
         `enable_lora`), every function is traced again. Without XLA, a step's cache write is
         traced as a scatter (`cache.core_op_writes`): the XLA op of a single-slot update would
         otherwise be compiled on its own at every step.
