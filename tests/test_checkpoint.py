@@ -20,7 +20,7 @@ from tf_mistral import (
     TFMistralModel,
 )
 from tf_mistral import checkpoint
-from tf_mistral.checkpoint import INDEX_FILE, SINGLE_FILE, CheckpointError, parse_size
+from tf_mistral.safetensors_io import INDEX_FILE, SINGLE_FILE, CheckpointError, parse_size
 
 K_PROJ = "model.layers.0.self_attn.k_proj.weight"
 
@@ -237,6 +237,30 @@ def test_quantized_model_is_refused_by_save_pretrained(tmp_path):
     model.quantize("int8")
     with pytest.raises(ValueError, match="quantized"):
         model.save_pretrained(tmp_path, progress=False)
+
+
+@pytest.mark.parametrize("dtype", ["int8", "int32", "bool"])
+def test_save_pretrained_refuses_a_dtype_a_checkpoint_cannot_hold_before_touching_the_folder(causal_lm, tmp_path, dtype):
+    model = causal_lm("tiny_window")
+    model.save_pretrained(tmp_path, progress=False)
+    before = {name: (tmp_path / name).read_bytes() for name in os.listdir(tmp_path)}
+    with pytest.raises(ValueError, match=rf"not '{dtype}'.*tflite"):
+        model.save_pretrained(tmp_path, dtype=dtype, progress=False)
+    assert {name: (tmp_path / name).read_bytes() for name in os.listdir(tmp_path)} == before
+
+
+def test_save_pretrained_with_a_bad_shard_size_creates_no_folder(causal_lm, tmp_path):
+    with pytest.raises(ValueError, match="lots"):
+        causal_lm("tiny_window").save_pretrained(tmp_path / "new", max_shard_size="lots", progress=False)
+    assert not (tmp_path / "new").exists()
+
+
+def test_saving_sharded_over_a_sharded_checkpoint_loads_the_new_weights(causal_lm, tmp_path):
+    causal_lm("tiny_window").save_pretrained(tmp_path, max_shard_size="100KB", progress=False)
+    model = causal_lm("tiny_window", "bfloat16")
+    model.save_pretrained(tmp_path, max_shard_size="100KB", progress=False)
+    assert not [name for name in os.listdir(tmp_path) if ".tmp-" in name or ".link-" in name]
+    assert_same_weights(load(tmp_path), model)
 
 
 @pytest.mark.parametrize("size, expected", [("5GB", 5 * 10**9), ("100KB", 100_000), ("2GiB", 2 * 2**30), (123, 123)])

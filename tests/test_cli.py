@@ -186,6 +186,33 @@ def test_saved_model_folder_without_versions_fails_with_a_hint(capsys, tmp_path)
     assert "no SavedModel at" in err and "export saved-model" in err
 
 
+# ---- convert ------------------------------------------------------------------------------------
+
+
+def test_convert_onto_its_own_folder_rewrites_it_in_bfloat16(capsys, tmp_path, tiny_checkpoint):
+    import ml_dtypes
+    from safetensors.numpy import load_file
+
+    folder = tmp_path / "in_place"
+    shutil.copytree(tiny_checkpoint, folder)
+    before = load_file(str(folder / "model.safetensors"))
+    code, out, err = run(capsys, "convert", "--checkpoint", str(folder), "--output", str(folder), "--dtype", "bfloat16")
+    assert code == 0, err
+    after = load_file(str(folder / "model.safetensors"))
+    assert sorted(after) == sorted(before)
+    for name, value in before.items():
+        np.testing.assert_array_equal(after[name], value.astype(ml_dtypes.bfloat16), err_msg=name)
+    tokenizer = os.path.join(tiny_checkpoint, "tokenizer.model")
+    assert (folder / "tokenizer.model").read_bytes() == open(tokenizer, "rb").read()
+
+
+def test_convert_refuses_a_bad_shard_size_before_loading(capsys, tmp_path, tiny_checkpoint):
+    code, _, err = run(capsys, "convert", "--checkpoint", tiny_checkpoint, "--output", str(tmp_path / "out"),
+                       "--max-shard-size", "lots")
+    assert code == 2 and "lots" in err
+    assert not (tmp_path / "out").exists()
+
+
 # ---- bench --------------------------------------------------------------------------------------
 
 

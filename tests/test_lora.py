@@ -8,7 +8,8 @@ import pytest
 
 from conftest import fixture_path
 from tf_mistral import TFMistralForCausalLM, TFMistralForSequenceClassification
-from tf_mistral.checkpoint import CheckpointError, SafetensorsFile, load_weights
+from tf_mistral.checkpoint import load_weights
+from tf_mistral.safetensors_io import CheckpointError, SafetensorsFile
 from tf_mistral.training import lora
 
 

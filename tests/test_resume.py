@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 
 from conftest import fixture_path
-from tf_mistral import TFMistralForCausalLM, checkpoint
+from tf_mistral import TFMistralForCausalLM, safetensors_io
 from tf_mistral.tokenizer import MistralTokenizer
 from tf_mistral.training import ResumableBackup, causal_lm_dataset, lora
 
@@ -112,7 +112,7 @@ def test_interrupted_run_resumes_to_the_uninterrupted_weights(with_lora, documen
 def test_a_crash_while_saving_keeps_the_previous_checkpoint(documents, tok, uninterrupted, tmp_path, monkeypatch):
     reference = uninterrupted()
     backup_dir = tmp_path / "backup"
-    write = checkpoint.write_tensors
+    write = safetensors_io.write_tensors
     calls = []
 
     def write_then_crash(path, arrays):
@@ -123,11 +123,11 @@ def test_a_crash_while_saving_keeps_the_previous_checkpoint(documents, tok, unin
             raise Interrupt("power cut while saving")
         write(path, arrays)
 
-    monkeypatch.setattr(checkpoint, "write_tensors", write_then_crash)
+    monkeypatch.setattr(safetensors_io, "write_tensors", write_then_crash)
     with pytest.raises(Interrupt):
         train(backup_dir, documents, tok)
     assert any(name.startswith("tmp-") for name in os.listdir(backup_dir))
-    monkeypatch.setattr(checkpoint, "write_tensors", write)
+    monkeypatch.setattr(safetensors_io, "write_tensors", write)
     resumed, _ = train(backup_dir, documents, tok)
     assert_same_weights(resumed, reference)
 

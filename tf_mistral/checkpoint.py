@@ -3,18 +3,14 @@
 The weight names are HF's; the table below is almost the identity, because our layer names follow
 the checkpoint. PyTorch stores linear weights `[out, in]`, Keras `Dense` kernels are `[in, out]`.
 
-Tensors are read with plain file I/O (the safetensors format is an 8-byte header length, a JSON
-header and raw little-endian data), 16 MB of rows at a time, written in place (under XLA, see
+Tensors are read (`safetensors_io`) 16 MB of rows at a time and written in place (under XLA, see
 `_write_block`) into variables built with zeros (no random init), so peak memory stays near one
-copy of the model (docs/memory.md): a
-bfloat16 checkpoint goes into bfloat16 variables without a float32 detour, and nothing is
-memory-mapped.
+copy of the model (docs/memory.md): a bfloat16 checkpoint goes into bfloat16 variables without a
+float32 detour, and nothing is memory-mapped. Saving goes through
+`safetensors_io.write_checkpoint`, which never leaves a mix of an old and a new checkpoint.
 """
 
 import dataclasses
-import json
-import os
-import re
 import warnings
 
 import keras
@@ -24,22 +20,8 @@ import numpy as np
 import tensorflow as tf
 from tqdm.auto import tqdm
 
-INDEX_FILE = "model.safetensors.index.json"
-SINGLE_FILE = "model.safetensors"
+from tf_mistral.safetensors_io import CheckpointError, TensorEntry, open_checkpoint, parse_size, write_checkpoint
 
-_DTYPES = {
-    "F64": np.dtype("float64"),
-    "F32": np.dtype("float32"),
-    "F16": np.dtype("float16"),
-    "BF16": np.dtype(ml_dtypes.bfloat16),
-    "I64": np.dtype("int64"),
-    "I32": np.dtype("int32"),
-    "I16": np.dtype("int16"),
-    "I8": np.dtype("int8"),
-    "U8": np.dtype("uint8"),
-    "BOOL": np.dtype("bool"),
-}
-_DTYPE_NAMES = {dtype: name for name, dtype in _DTYPES.items()}
 _BLOCK_BYTES = 16 * 2**20  # rows read and assigned at once while loading
 # Head weights that a checkpoint of another head type carries; HF skips them silently too.
 _OTHER_HEADS = {"lm_head.weight", "score.weight", "score.bias"}
@@ -49,10 +31,6 @@ def numpy_dtype(name):
     """numpy dtype for a Keras dtype name; bfloat16 comes from ml_dtypes."""
     name = keras.backend.standardize_dtype(name)
     return np.dtype(ml_dtypes.bfloat16) if name == "bfloat16" else np.dtype(name)
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be loaded into this model; the message names the tensor."""
 
 
 def checkpoint_table(model):
@@ -83,104 +61,6 @@ def checkpoint_table(model):
             if dense.use_bias:
                 table[f"{head}.bias"] = (dense, "bias", False)
     return table
-
-
-# ----------------------------------------------------------------------------------------------
-# Reading
-
-
-class SafetensorsFile:
-    """The header of one safetensors file, and its tensors read on demand."""
-
-    def __init__(self, path):
-        self.path = path
-        size = os.path.getsize(path)
-        with open(path, "rb") as f:
-            head = f.read(8)
-            if len(head) < 8:
-                raise CheckpointError(f"{path} is not a safetensors file: it has only {size} bytes")
-            header_length = int.from_bytes(head, "little")
-            if header_length > size - 8 or header_length > 100_000_000:
-                raise CheckpointError(f"{path} is truncated or not a safetensors file (header of {header_length} bytes)")
-            try:
-                header = json.loads(f.read(header_length))
-            except (json.JSONDecodeError, UnicodeDecodeError) as error:
-                raise CheckpointError(f"{path} has a corrupt safetensors header: {error}") from None
-        header.pop("__metadata__", None)
-        self.data_start = 8 + header_length
-        self.tensors = {}
-        for name, info in header.items():
-            try:
-                dtype = _DTYPES[info["dtype"]]
-                shape = tuple(int(d) for d in info["shape"])
-                begin, end = (int(o) for o in info["data_offsets"])
-            except (KeyError, TypeError, ValueError):
-                raise CheckpointError(f"{path}: tensor {name!r} has a malformed header entry {info!r}") from None
-            if end - begin != dtype.itemsize * int(np.prod(shape)):
-                raise CheckpointError(f"{path}: tensor {name!r} has {end - begin} bytes for shape {shape} {info['dtype']}")
-            if self.data_start + end > size:
-                raise CheckpointError(
-                    f"{path} is truncated: tensor {name!r} ends at byte {self.data_start + end} "
-                    f"but the file has {size} bytes; download or copy it again"
-                )
-            self.tensors[name] = (dtype, shape, begin, end)
-
-    def read(self, name, rows=None):
-        """The tensor, or its rows `rows = (start, stop)` along the first axis, as a numpy array
-        in its stored dtype; the file is read straight into the array."""
-        dtype, shape, begin, end = self.tensors[name]
-        if rows is not None:
-            row_bytes = (end - begin) // max(shape[0], 1)
-            begin, end = begin + rows[0] * row_bytes, begin + rows[1] * row_bytes
-            shape = (rows[1] - rows[0],) + shape[1:]
-        array = np.empty(shape, dtype)
-        with open(self.path, "rb") as f:
-            f.seek(self.data_start + begin)
-            count = f.readinto(array.reshape(-1).view(np.uint8))
-        if count != end - begin:
-            raise CheckpointError(f"{self.path} is truncated inside tensor {name!r}")
-        return array
-
-    def nbytes(self, name):
-        _, _, begin, end = self.tensors[name]
-        return end - begin
-
-
-def open_checkpoint(directory):
-    """`{tensor name: SafetensorsFile}` for a single-file or sharded HF checkpoint folder."""
-    if not os.path.isdir(directory):
-        raise FileNotFoundError(f"checkpoint folder {directory!r} does not exist")
-    index_path = os.path.join(directory, INDEX_FILE)
-    single_path = os.path.join(directory, SINGLE_FILE)
-    if os.path.exists(index_path):
-        with open(index_path, encoding="utf-8") as f:
-            try:
-                weight_map = json.load(f)["weight_map"]
-            except (json.JSONDecodeError, KeyError) as error:
-                raise CheckpointError(f"{index_path} is not a safetensors index: {error}") from None
-        files = {}
-        for file_name in sorted(set(weight_map.values())):
-            path = os.path.join(directory, file_name)
-            if not os.path.exists(path):
-                raise CheckpointError(f"{INDEX_FILE} lists {file_name} but it is not in {directory}")
-            files[file_name] = SafetensorsFile(path)
-        located = {}
-        for name, file_name in weight_map.items():
-            if name not in files[file_name].tensors:
-                raise CheckpointError(f"{INDEX_FILE} puts {name!r} in {file_name}, which does not hold it")
-            located[name] = files[file_name]
-        return located
-    if os.path.exists(single_path):
-        shard = SafetensorsFile(single_path)
-        return {name: shard for name in shard.tensors}
-    pickles = [f for f in os.listdir(directory) if f.endswith((".bin", ".pt", ".pth", ".ckpt"))]
-    if pickles:
-        raise CheckpointError(
-            f"{directory} holds only pickle checkpoints ({', '.join(sorted(pickles))}), which can run "
-            "arbitrary code when loaded and are not read here. Convert them once with HF transformers: "
-            "`MistralForCausalLM.from_pretrained(dir).save_pretrained(out_dir, safe_serialization=True)`"
-        )
-    raise CheckpointError(f"no {SINGLE_FILE} or {INDEX_FILE} in {directory}")
 
 
 def _shape_hint(name, file_shape, config):
@@ -322,54 +202,7 @@ def _stored_names(table, located):
 # ----------------------------------------------------------------------------------------------
 # Writing
 
-
-def parse_size(size):
-    """Bytes from an int or a string such as "5GB", "100MB", "500KB"."""
-    if isinstance(size, int):
-        return size
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMG]i?B|B)?\s*", str(size), re.IGNORECASE)
-    if not match:
-        raise ValueError(f"cannot read a size from {size!r}; write e.g. '5GB' or '500MB'")
-    units = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
-    return int(float(match.group(1)) * units[(match.group(2) or "B").lower()])
-
-
-def _plan_shards(entries, max_shard_bytes):
-    shards, current, current_bytes = [], [], 0
-    for entry in entries:
-        if current and current_bytes + entry[3] > max_shard_bytes:
-            shards.append(current)
-            current, current_bytes = [], 0
-        current.append(entry)
-        current_bytes += entry[3]
-    if current:
-        shards.append(current)
-    return shards
-
-
-def _write_shard(path, entries, bar):
-    """Writes one safetensors file; the temporary file is renamed only once complete."""
-    header, offset = {"__metadata__": {"format": "pt"}}, 0
-    for name, _, (dtype, shape), nbytes in entries:
-        header[name] = {"dtype": _DTYPE_NAMES[dtype], "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
-        offset += nbytes
-    header_bytes = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    header_bytes += b" " * (-len(header_bytes) % 8)
-    temporary = path + ".tmp"
-    with open(temporary, "wb") as f:
-        f.write(len(header_bytes).to_bytes(8, "little"))
-        f.write(header_bytes)
-        for _, fetch, _, nbytes in entries:
-            f.write(fetch().tobytes())
-            bar.update(nbytes)
-    os.replace(temporary, path)
-
-
-def write_tensors(path, arrays):
-    """Writes `{name: numpy array}` as one safetensors file, atomically (temporary file, then rename)."""
-    entries = [(name, (lambda a=a: np.ascontiguousarray(a)), (a.dtype, a.shape), a.nbytes) for name, a in arrays.items()]
-    with tqdm(total=sum(e[3] for e in entries), disable=True) as bar:
-        _write_shard(path, entries, bar)
+_CHECKPOINT_DTYPES = ("float32", "bfloat16", "float16")
 
 
 def _saved_value(layer, attribute):
@@ -382,13 +215,23 @@ def _saved_value(layer, attribute):
 
 
 def save_weights(model, directory, max_shard_size="5GB", dtype=None, progress=True):
-    """Writes `config.json` and the weights in HF layout (see `MistralPreTrainedModel.save_pretrained`)."""
+    """Writes the weights in HF layout, then `config.json` (see `MistralPreTrainedModel.save_pretrained`).
+
+    Everything is checked before the folder is touched: a quantized model, a `dtype` other than
+    float32 / bfloat16 / float16, a `max_shard_size` that is not a size."""
     for layer in model._flatten_layers():
         if getattr(layer, "quantization_mode", None):
             raise ValueError(
                 "save_pretrained writes floating-point HF checkpoints; this model is quantized "
-                f"({layer.name}: {layer.quantization_mode}). Save the float model before quantize()."
+                f"({layer.name}: {layer.quantization_mode}). Save the float model before quantize(), "
+                "or export the quantized model with `tf-mistral export tflite --quantize int8`."
             )
+    if dtype is not None and keras.backend.standardize_dtype(dtype) not in _CHECKPOINT_DTYPES:
+        raise ValueError(
+            f"a checkpoint holds float32, bfloat16 or float16 weights, not {dtype!r}; for int8 or int4, "
+            "quantize() after loading, or export with `tf-mistral export tflite --quantize int8`"
+        )
+    parse_size(max_shard_size)
     target = None if dtype is None else numpy_dtype(dtype)
     entries = []
     for name, (layer, attribute, transposed) in checkpoint_table(model).items():
@@ -400,26 +243,8 @@ def save_weights(model, directory, max_shard_size="5GB", dtype=None, progress=Tr
             array = keras.ops.convert_to_numpy(_saved_value(layer, attribute))
             return np.ascontiguousarray(array.T if transposed else array, dtype=out_dtype)
 
-        entries.append((name, fetch, (out_dtype, shape), out_dtype.itemsize * int(np.prod(shape))))
-
-    os.makedirs(directory, exist_ok=True)
-    shards = _plan_shards(entries, parse_size(max_shard_size))
-    names = [SINGLE_FILE] if len(shards) == 1 else [
-        f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))
-    ]
-    total = sum(entry[3] for entry in entries)
-    with tqdm(total=total, unit="B", unit_scale=True, desc="saving weights", disable=not progress) as bar:
-        for file_name, shard in zip(names, shards):
-            _write_shard(os.path.join(directory, file_name), shard, bar)
-    for stale in os.listdir(directory):
-        if re.fullmatch(r"model(-\d{5}-of-\d{5})?\.safetensors(\.index\.json)?", stale) and stale not in names:
-            os.remove(os.path.join(directory, stale))
-    if len(shards) > 1:
-        index = {"metadata": {"total_size": total},
-                 "weight_map": {e[0]: f for f, shard in zip(names, shards) for e in shard}}
-        with open(os.path.join(directory, INDEX_FILE + ".tmp"), "w", encoding="utf-8") as f:
-            json.dump(index, f, indent=2, sort_keys=True)
-        os.replace(os.path.join(directory, INDEX_FILE + ".tmp"), os.path.join(directory, INDEX_FILE))
-    saved_dtype = keras.backend.standardize_dtype(entries[0][2][0].name)
+        entries.append(TensorEntry(name, out_dtype, shape, fetch))
+    write_checkpoint(directory, entries, max_shard_size=max_shard_size, progress=progress)
+    saved_dtype = keras.backend.standardize_dtype(entries[0].dtype.name)
     config = dataclasses.replace(model.config, torch_dtype=saved_dtype)
     config.save(directory, architecture=model.hf_architecture)

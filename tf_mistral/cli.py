@@ -21,6 +21,8 @@ import contextlib
 import os
 import sys
 
+from tf_mistral.safetensors_io import parse_size
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 VERBS = {}
@@ -82,6 +84,15 @@ def human_size(count):
     if unit == "B":
         return f"{int(count)} B"
     return f"{count:.2f} {unit}" if count < 100 else f"{count:.1f} {unit}"
+
+
+def shard_size(text):
+    """argparse type: a size such as "5GB" or "500MB", checked, returned as given."""
+    try:
+        parse_size(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text
 
 
 def comma_separated_ints(text):
@@ -183,7 +194,7 @@ def convert_flags(p):
     add_checkpoint_flag(p, required=True)
     p.add_argument("--output", metavar="DIR", required=True)
     p.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"])
-    p.add_argument("--max-shard-size", default="5GB")
+    p.add_argument("--max-shard-size", default="5GB", type=shard_size, help="largest shard (default 5GB)")
 
 
 @verb("convert", convert_flags, "rewrite a checkpoint in another dtype and/or shard size (HF layout)")
@@ -191,12 +202,15 @@ def convert(args):
     from tf_mistral import TFMistralForCausalLM
 
     model = load_model(TFMistralForCausalLM, args.checkpoint, args.dtype)
+    # The whole model is in memory before the save starts, and a save switches from the old
+    # files to the new ones in one step: --output may be the --checkpoint folder itself.
     model.save_pretrained(args.output, max_shard_size=args.max_shard_size, dtype=args.dtype)
-    tokenizer_file = os.path.join(args.checkpoint, "tokenizer.model")
-    if os.path.exists(tokenizer_file):
+    source = os.path.join(args.checkpoint, "tokenizer.model")
+    target = os.path.join(args.output, "tokenizer.model")
+    if os.path.exists(source) and not (os.path.exists(target) and os.path.samefile(source, target)):
         import shutil
 
-        shutil.copy(tokenizer_file, os.path.join(args.output, "tokenizer.model"))
+        shutil.copy(source, target)
     print(f"wrote {args.output}")
 
 

@@ -9,6 +9,8 @@ import dataclasses
 import json
 import os
 
+from tf_mistral.atomic import write_json
+
 _PRESET_7B = dict(
     vocab_size=32000,
     hidden_size=4096,
@@ -196,11 +198,9 @@ class MistralConfig:
         return cls.from_dict(data)
 
     def save(self, directory, form="hub", architecture="MistralForCausalLM"):
-        """Writes `directory/config.json`."""
+        """Writes `directory/config.json` (atomically: the old file or the new one, never half)."""
         os.makedirs(directory, exist_ok=True)
-        with open(os.path.join(directory, "config.json"), "w", encoding="utf-8") as f:
-            json.dump(self.to_dict(form, architecture), f, indent=2, sort_keys=True)
-            f.write("\n")
+        write_json(os.path.join(directory, "config.json"), self.to_dict(form, architecture))
 
     def num_parameters(self, with_lm_head=True):
         """Parameter count of the backbone (plus `lm_head` when asked)."""

@@ -24,6 +24,8 @@ import os
 import numpy as np
 from keras import ops
 
+from tf_mistral import safetensors_io
+
 ATTENTION_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
 MLP_PROJECTIONS = ("gate_proj", "up_proj", "down_proj")
 ALL_PROJECTIONS = ATTENTION_PROJECTIONS + MLP_PROJECTIONS
@@ -143,7 +145,7 @@ def save_lora_weights(model, path):
         "base_model_name_or_path": None,
     }
     os.makedirs(path, exist_ok=True)
-    checkpoint.write_tensors(os.path.join(path, ADAPTER_WEIGHTS), arrays)
+    safetensors_io.write_tensors(os.path.join(path, ADAPTER_WEIGHTS), arrays)
     temporary = os.path.join(path, ADAPTER_CONFIG + ".tmp")
     with open(temporary, "w", encoding="utf-8") as f:
         json.dump(config, f, indent=2, sort_keys=True)
@@ -177,7 +179,7 @@ def load_lora_weights(model, path):
             f"(e.g. {sorted(layers)[:2]}, rank/alpha {sorted(set((d.lora_rank, d.lora_alpha) for d in layers.values()))}). "
             "Load it into a model without LoRA and it is enabled to match"
         )
-    stored = checkpoint.SafetensorsFile(os.path.join(path, ADAPTER_WEIGHTS))
+    stored = safetensors_io.SafetensorsFile(os.path.join(path, ADAPTER_WEIGHTS))
     plan = []
     for name, dense in layers.items():
         plan.append((f"base_model.model.{name}.lora_A.weight", dense.lora_kernel_a, True))
@@ -191,16 +193,16 @@ def load_lora_weights(model, path):
             plan.append((f"base_model.model.{head}.bias", dense.bias, False))
     for key, variable, transposed in plan:
         if key not in stored.tensors:
-            raise checkpoint.CheckpointError(f"{ADAPTER_WEIGHTS} in {path} lacks {key!r}")
+            raise safetensors_io.CheckpointError(f"{ADAPTER_WEIGHTS} in {path} lacks {key!r}")
         expected = tuple(variable.shape)[::-1] if transposed else tuple(variable.shape)
         if stored.tensors[key][1] != expected:
-            raise checkpoint.CheckpointError(
+            raise safetensors_io.CheckpointError(
                 f"{key!r} has shape {stored.tensors[key][1]} in {path} but this model needs {expected}: "
                 "was the adapter trained on another model size?"
             )
     unexpected = sorted(set(stored.tensors) - {key for key, _, _ in plan})
     if unexpected:
-        raise checkpoint.CheckpointError(f"{ADAPTER_WEIGHTS} in {path} has tensors this model does not know, e.g. {unexpected[:3]}")
+        raise safetensors_io.CheckpointError(f"{ADAPTER_WEIGHTS} in {path} has tensors this model does not know, e.g. {unexpected[:3]}")
     for key, variable, transposed in plan:
         value = stored.read(key)
         variable.assign(np.ascontiguousarray(value.T if transposed else value, dtype=checkpoint.numpy_dtype(variable.dtype)))

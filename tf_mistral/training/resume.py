@@ -31,7 +31,7 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.python.data.ops import dataset_ops
 
-from tf_mistral import checkpoint
+from tf_mistral import checkpoint, safetensors_io
 
 STATE_FILE = "state.safetensors"
 METADATA_FILE = "training_metadata.json"
@@ -51,25 +51,25 @@ def save_training_state(model, path):
     arrays = {}
     for i, variable in enumerate(_state_variables(model)):
         arrays[f"{i:06d}:{variable.path}"] = np.asarray(keras.ops.convert_to_numpy(variable))
-    checkpoint.write_tensors(path, arrays)
+    safetensors_io.write_tensors(path, arrays)
 
 
 def load_training_state(model, path):
     """Restores the variables written by `save_training_state`, checking count, shapes and dtypes."""
-    stored = checkpoint.SafetensorsFile(path)
+    stored = safetensors_io.SafetensorsFile(path)
     names = sorted(stored.tensors)
     if model.optimizer is not None and not model.optimizer.built:
         model.optimizer.build(model.trainable_variables)
     variables = _state_variables(model)
     if len(names) != len(variables):
-        raise checkpoint.CheckpointError(
+        raise safetensors_io.CheckpointError(
             f"{path} holds {len(names)} variables but this model and optimizer have {len(variables)}: "
             "was it written by another model, optimizer or LoRA setup?"
         )
     for name, variable in zip(names, variables):
         dtype, shape = stored.tensors[name][:2]
         if shape != tuple(variable.shape) or dtype != checkpoint.numpy_dtype(variable.dtype):
-            raise checkpoint.CheckpointError(
+            raise safetensors_io.CheckpointError(
                 f"{path}: {name} is {dtype} {shape} but {variable.path} is {variable.dtype} {tuple(variable.shape)}"
             )
     for name, variable in zip(names, variables):
@@ -134,7 +134,7 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
         for folder in self._checkpoints()[::-1]:
             try:
                 load_training_state(self.model, os.path.join(folder, STATE_FILE))
-            except (OSError, checkpoint.CheckpointError):
+            except (OSError, safetensors_io.CheckpointError):
                 if folder == self._checkpoints()[0]:
                     raise
                 continue  # unreadable: fall back to the previous checkpoint
