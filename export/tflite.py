@@ -18,21 +18,46 @@ graph counts the entries that continue the run and restores every ring slot that
 entry wrote, so padding never overwrites history, even when the ring has wrapped under a sliding
 window. Padding queries are causal-masked out of the real ones (their positions come later).
 Hence each N must be <= T: a chunk never writes two entries into one slot.
+
+Memory: the model is built without weights (Keras variables left uninitialised in a
+`StatelessScope`), and the signatures are traced with every weight as an input (`weight_<HF
+name>`), bound to the model's variables by a `StatelessScope` mapping. The TF converter therefore
+converts a graph of a few MB whatever the model's size; `tflite_assembly.py` then makes the weight
+inputs constant buffers and streams the (quantized) weights into the file one tensor at a time
+(`tflite_weights.py`). An export holds one float32 tensor at a time: a 7B export needs a few GB.
 """
 
-import gc
 import os
 import shutil
 import tempfile
 
+import keras
 import numpy as np
+import tensorflow as tf
 
+from tf_mistral import cache as kv_cache
+from tf_mistral.checkpoint import checkpoint_table
+from tf_mistral.config import MistralConfig
+from tf_mistral.export import tflite_assembly
 from tf_mistral.export.progress import Progress, peak_rss_gb
 from tf_mistral.export.tflite_runner import write_sidecar
+from tf_mistral.export.tflite_weights import (
+    INT4_BLOCK_SIZE,
+    QUANTIZE_OPTIONS,
+    WEIGHT_INPUT_PREFIX,
+    norm_names,
+    weight_plan,
+)
+from tf_mistral.models.causal_lm import TFMistralForCausalLM
+from tf_mistral.safetensors_io import CheckpointError, open_checkpoint
 
-QUANTIZE_OPTIONS = ("none", "fp16", "int8", "int4")
 DEFAULT_PREFILL_LENGTHS = (32, 128, 512)
-INT4_BLOCK_SIZE = 32
+_ENCODING = {
+    "none": "float32 weights",
+    "fp16": "float16 weights",
+    "int8": "int8 weights (per-row scales; the embedding per-tensor)",
+    "int4": f"int4 weights in blocks of {INT4_BLOCK_SIZE}",
+}
 
 
 def cache_names(num_layers):
@@ -46,8 +71,6 @@ def resolve_lengths(config, cache_length, prefill_lengths):
     T is `min(cache_length, sliding_window)` (a rolling buffer, as in `generate`). Explicit prefill
     lengths must be in [1, T]; the defaults are clipped to T.
     """
-    from tf_mistral import cache as kv_cache
-
     if not isinstance(cache_length, (int, np.integer)) or cache_length < 1:
         raise ValueError(f"cache_length must be a positive integer, got {cache_length!r}")
     slots = kv_cache.cache_length(int(cache_length), config.sliding_window)
@@ -74,10 +97,6 @@ def _restore_padded_slots(old_cache, new_cache, input_pos):
         old_cache, new_cache: per-layer `(K, V)` before and after the chunk.
         input_pos: int32 `[S]`, S <= slots; entry i is real when `input_pos[i] == input_pos[0] + i`.
     """
-    import tensorflow as tf
-
-    from tf_mistral import cache as kv_cache
-
     seq = input_pos.shape[0]
     start = input_pos[0]
     real = tf.reduce_sum(tf.cast(tf.equal(input_pos, start + tf.range(seq, dtype=tf.int32)), tf.int32))
@@ -89,17 +108,52 @@ def _restore_padded_slots(old_cache, new_cache, input_pos):
     ]
 
 
-def signature_module(model, slots, prefill_lengths):
-    """A `tf.Module` holding the model's variables and one `tf.function` per signature.
+def weightless_model(config):
+    """A float32 `TFMistralForCausalLM` whose variables hold no memory (created uninitialised in
+    a `StatelessScope`): it can only run inside a scope that maps every variable to a tensor."""
+    with keras.StatelessScope(initialize_variables=False):
+        model = TFMistralForCausalLM(config, dtype="float32")
+        model.build()
+    return model
 
-    Returns `(module, {signature name: concrete function})`.
+
+def weight_binding(model):
+    """`bind(inputs) -> StatelessScope` mapping each variable of `model` to its graph input.
+
+    Projections read `inputs["weight_<HF name>"]` (dots as underscores) in HF layout `[out, in]`
+    (transposed into the Keras kernel's `[in, out]`; the converter cancels the two transposes,
+    so FULLY_CONNECTED reads the input as it is); the embedding reads its input as it is; the
+    RMSNorm weights are ones (`tflite_weights` folds them into the projections they feed).
     """
-    import tensorflow as tf
+    table = checkpoint_table(model)
+    norms = set(norm_names(model.config))
 
+    def bind(inputs):
+        mapping = []
+        for name, (layer, attribute, transposed) in table.items():
+            variable = getattr(layer, attribute)
+            if name in norms:
+                value = tf.ones(variable.shape, tf.float32)
+            else:
+                value = inputs[WEIGHT_INPUT_PREFIX + name.replace(".", "_")]
+                value = tf.transpose(value) if transposed else value
+            mapping.append((variable, value))
+        return keras.StatelessScope(state_mapping=mapping, initialize_variables=False)
+
+    return bind
+
+
+def signature_functions(model, slots, prefill_lengths):
+    """`{signature name: concrete function}` for `prefill_{N}` and `decode` of a weightless model.
+
+    Each function takes one dict: `tokens`, `input_pos`, the `kv_cache_*` tensors, and a float32
+    input `weight_<HF name>` per weight of `tflite_weights.weight_plan` in HF layout.
+    """
     config = model.config
     names = cache_names(config.num_hidden_layers)
     k_shape = [1, config.num_key_value_heads, slots, config.head_dim]
     v_shape = [1, config.num_key_value_heads, config.head_dim, slots]
+    bind = weight_binding(model)
 
     def specs(seq):
         spec = {
@@ -109,11 +163,14 @@ def signature_module(model, slots, prefill_lengths):
         for k_name, v_name in names:
             spec[k_name] = tf.TensorSpec(k_shape, tf.float32, name=k_name)
             spec[v_name] = tf.TensorSpec(v_shape, tf.float32, name=v_name)
+        for weight in weight_plan(config):
+            spec[weight.input_name] = tf.TensorSpec(weight.shape, tf.float32, name=weight.input_name)
         return spec
 
     def step(inputs, decode):
         cache = [(inputs[k_name], inputs[v_name]) for k_name, v_name in names]
-        logits, new_cache = model.forward_with_cache(inputs["tokens"], cache, inputs["input_pos"][0])
+        with bind(inputs):
+            logits, new_cache = model.forward_with_cache(inputs["tokens"], cache, inputs["input_pos"][0])
         if not decode:
             new_cache = _restore_padded_slots(cache, new_cache, inputs["input_pos"])
         outputs = {"logits": tf.cast(logits, tf.float32)} if decode else {}
@@ -121,9 +178,6 @@ def signature_module(model, slots, prefill_lengths):
             outputs[k_name], outputs[v_name] = k, v
         return outputs
 
-    module = tf.Module()
-    # Keras 3 weights wrap tf.Variables; the SavedModel must track those to freeze them into the graph.
-    module.weights = [weight.value for weight in model.weights]
     functions = {}
     for seq in prefill_lengths:
         def prefill(inputs):
@@ -136,53 +190,23 @@ def signature_module(model, slots, prefill_lengths):
         return step(inputs, decode=True)
 
     functions["decode"] = tf.function(decode, input_signature=[specs(1)]).get_concrete_function()
-    return module, functions
+    return functions
 
 
-def _converter(saved_model_dir, signature_names, quantize):
-    import tensorflow as tf
-
-    converter = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir, signature_keys=list(signature_names))
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]  # fail rather than add Flex ops
-    # Weights go after the flatbuffer (offset buffers): no 2 GB flatbuffer limit (a 7B model), and
-    # the converter skips its Python re-serialisation passes (-0.9 GB peak and half the time on
-    # the 175M model). LiteRT, ai-edge-quantizer and LiteRT-LM read this layout.
-    converter._experimental_use_buffer_offset = True
-    if quantize in ("fp16", "int8"):
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    if quantize == "fp16":
-        converter.target_spec.supported_types = [tf.float16]
-    return converter
-
-
-def _require_quantizer():
+def convert_graph(functions):
+    """The TF converter's flatbuffer of the weightless signatures (builtin ops only)."""
+    workdir = tempfile.mkdtemp(prefix="tf_mistral_tflite_")
     try:
-        from ai_edge_quantizer import qtyping, quantizer, recipe_manager
-    except ImportError as error:
-        raise ImportError(
-            f"--quantize int4 needs ai-edge-quantizer: pip install 'tf_mistral[export]' ({error})"
-        ) from None
-    return qtyping, quantizer, recipe_manager
-
-
-def quantize_int4(float_model, vocab_size, block_size=INT4_BLOCK_SIZE):
-    """int4 blockwise weights (symmetric, one scale per `block_size` values) with ai-edge-quantizer.
-
-    Every fully-connected layer (the projections and `lm_head`) and the token embedding (first
-    rewritten from GATHER to EMBEDDING_LOOKUP, see `embedding_lookup.py`) get int4 weights;
-    activations stay float32 and the kernels quantize them on the fly (dynamic range). Returns the
-    quantized flatbuffer bytes.
-    """
-    qtyping, quantizer, recipe_manager = _require_quantizer()
-    from tf_mistral.export.embedding_lookup import gathers_to_embedding_lookups
-
-    float_model = gathers_to_embedding_lookups(float_model, vocab_size)
-    granularity = getattr(qtyping.QuantGranularity, f"BLOCKWISE_{block_size}")
-    recipes = recipe_manager.RecipeManager()
-    for operation in (qtyping.TFLOperationName.FULLY_CONNECTED, qtyping.TFLOperationName.EMBEDDING_LOOKUP):
-        recipes.add_dynamic_config(regex=".*", operation_name=operation, num_bits=4, granularity=granularity)
-    model = quantizer.Quantizer(float_model, recipes.get_quantization_recipe())
-    return bytes(model.quantize().quantized_model)
+        saved_model = os.path.join(workdir, "saved_model")
+        tf.saved_model.save(tf.Module(), saved_model, signatures=functions)
+        converter = tf.lite.TFLiteConverter.from_saved_model(saved_model, signature_keys=list(functions))
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]  # fail rather than add Flex ops
+        # Constants go after the flatbuffer (offset buffers); the file then carries the
+        # `buffer_location` metadata that LiteRT reads for the weights the assembly appends.
+        converter._experimental_use_buffer_offset = True
+        return converter.convert()
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def operator_names(model_content):
@@ -210,35 +234,34 @@ def check_builtin_ops(model_content):
         raise ValueError(f"the TFLite model uses non-builtin ops {custom}; LiteRT(-LM) cannot run it as is")
 
 
-def _stored_as(dtype):
-    """A Keras dtype policy computing in float32 over weights stored as `dtype`: a bf16 / fp16
-    checkpoint stays 16-bit in the model and the SavedModel the converter reads (its weights are
-    exactly representable, so the float32 graph is unchanged); the converter folds the casts."""
-    import keras
-
-    class StoredAs(keras.DTypePolicy):
-        @property
-        def variable_dtype(self):
-            return dtype
-
-    return StoredAs("float32")
-
-
-def _load_model(checkpoint):
-    from tf_mistral import MistralConfig, TFMistralForCausalLM
-
+def weight_reader(checkpoint):
+    """`(config, read)`: `read(hf_name)` gives one tensor of a checkpoint folder (in its stored
+    dtype) or of a `TFMistralForCausalLM` (its variable, in HF layout)."""
     if isinstance(checkpoint, TFMistralForCausalLM):
-        if checkpoint.compute_dtype != "float32":
-            raise ValueError(
-                f"the model computes in {checkpoint.compute_dtype}; TFLite export traces float32: "
-                "load it with from_pretrained(path, dtype='float32')"
-            )
-        return checkpoint
-    if not os.path.isfile(os.path.join(str(checkpoint), "config.json")):
-        raise FileNotFoundError(f"checkpoint folder {checkpoint!r} does not exist or has no config.json")
-    stored = MistralConfig.from_json_file(str(checkpoint)).torch_dtype
-    policy = _stored_as(stored) if stored in ("bfloat16", "float16") else "float32"
-    return TFMistralForCausalLM.from_pretrained(str(checkpoint), dtype=policy, progress=False)
+        table = checkpoint_table(checkpoint)
+
+        def read_variable(name):
+            layer, attribute, transposed = table[name]
+            array = keras.ops.convert_to_numpy(getattr(layer, attribute))
+            return array.T if transposed else array
+
+        return checkpoint.config, read_variable
+    folder = os.fspath(checkpoint)
+    if not os.path.isfile(os.path.join(folder, "config.json")):
+        raise FileNotFoundError(f"checkpoint folder {folder!r} does not exist or has no config.json")
+    config = MistralConfig.from_json_file(folder)
+    located = open_checkpoint(folder)
+    needed = [w.name for w in weight_plan(config)] + norm_names(config)
+    missing = [name for name in needed if name not in located]
+    if missing:
+        hint = ("it has no lm_head: is it a classifier or a bare MistralModel? TFLite export needs a causal LM"
+                if missing == ["lm_head.weight"] else "is config.json from another model?")
+        raise CheckpointError(f"checkpoint {folder} lacks {missing[:3]}: {hint}")
+
+    def read_file(name):
+        return located[name].read(name)
+
+    return config, read_file
 
 
 def export_tflite(
@@ -254,10 +277,11 @@ def export_tflite(
     """Converts a causal LM to a `.tflite` file with `prefill_{N}` and `decode` signatures.
 
     Args:
-        checkpoint: HF checkpoint folder, or a float32 `TFMistralForCausalLM`.
-        output: path of the `.tflite` file to write.
-        quantize: "none" (float32), "fp16" (float16 weights), "int8" (dynamic-range int8, the TF
-            converter) or "int4" (int4 blockwise weights, ai-edge-quantizer).
+        checkpoint: HF checkpoint folder (read one tensor at a time), or a `TFMistralForCausalLM`
+            (its variables are read the same way; any dtype).
+        output: path of the `.tflite` file to write (atomically: `output.partial`, then renamed).
+        quantize: "none" (float32), "fp16" (float16 weights), "int8" (int8 weights, dynamic-range
+            kernels) or "int4" (int4 blockwise weights); see `tflite_weights.py`.
         prefill_lengths: chunk lengths N of the `prefill_{N}` signatures (each <= the cache);
             default 32, 128, 512 clipped to the cache.
         cache_length: KV cache slots; a sliding window caps it (rolling buffer).
@@ -265,7 +289,7 @@ def export_tflite(
             metadata).
         tokenizer: SentencePiece model for the bundle (a path, a `MistralTokenizer`, or None for
             the checkpoint's tokenizer.model, else the default Mistral tokenizer).
-        progress: print the stages (tracing, converting, quantizing, writing).
+        progress: print the stages (tracing, converting, writing) and a byte bar over the weights.
 
     Returns:
         dict: `path`, `litertlm` (bundle path or None), `bytes`, `cache_length`, `prefill_lengths`,
@@ -273,56 +297,34 @@ def export_tflite(
     """
     if quantize not in QUANTIZE_OPTIONS:
         raise ValueError(f"quantize must be one of {', '.join(QUANTIZE_OPTIONS)}; got {quantize!r}")
-    if quantize == "int4":
-        _require_quantizer()  # fail before the slow part when ai-edge-quantizer is missing
     if litertlm:
         from tf_mistral.export import litertlm as bundle
 
         bundle.require_builder()  # fail before the slow part when litert-lm-builder is missing
-    from tf_mistral import TFMistralForCausalLM
-
     report = Progress("tflite", progress)
-    report("loading the checkpoint (float32 compute; bf16 / fp16 weights stay 16-bit)")
-    model = _load_model(checkpoint)
-    config = model.config
+    report("reading the checkpoint's config and tensor index")
+    config, read = weight_reader(checkpoint)
     slots, lengths = resolve_lengths(config, cache_length, prefill_lengths)
     output = os.fspath(output)
-
-    import tensorflow as tf
-
-    report(f"tracing {['prefill_%d' % n for n in lengths] + ['decode']} with a {slots}-slot cache")
-    module, functions = signature_module(model, slots, lengths)
-    workdir = tempfile.mkdtemp(prefix="tf_mistral_tflite_")
-    try:
-        saved_model = os.path.join(workdir, "saved_model")
-        tf.saved_model.save(module, saved_model, signatures=functions)
-        del module, functions
-        if not isinstance(checkpoint, TFMistralForCausalLM):
-            del model  # the converter reads the SavedModel; free the Keras copy of the weights
-        gc.collect()
-        report("converting (TF -> TFLite builtins)")
-        converter = _converter(saved_model, [f"prefill_{n}" for n in lengths] + ["decode"], quantize)
-        data = converter.convert()
-        del converter
-        gc.collect()
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
     if quantize == "int4":
-        report(f"quantizing (int4 blockwise, block {INT4_BLOCK_SIZE}, ai-edge-quantizer)")
-        data = quantize_int4(data, config.vocab_size)
-    check_builtin_ops(data)
-    report(f"writing {output}")
+        bad = [w.name for w in weight_plan(config) if w.shape[1] % INT4_BLOCK_SIZE]
+        if bad:
+            raise ValueError(f"int4 blocks of {INT4_BLOCK_SIZE} need input sizes divisible by it: {bad[:3]}")
+
+    report(f"tracing {['prefill_%d' % n for n in lengths] + ['decode']} with a {slots}-slot cache (no weights)")
+    functions = signature_functions(weightless_model(config), slots, lengths)
+    report("converting the graph (TF -> TFLite builtins; weights are inputs)")
+    graph = convert_graph(functions)
+    del functions
+    report(f"writing {output}: {_ENCODING[quantize]}, one tensor at a time")
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-    partial = output + ".partial"
-    with open(partial, "wb") as file:
-        file.write(data)
-    os.replace(partial, output)
+    head, size = tflite_assembly.write_model(graph, weight_plan(config), quantize, read, output, progress=progress)
+    check_builtin_ops(head)
     write_sidecar(output, config, slots, lengths, quantize)
     result = dict(
-        path=output, litertlm=None, bytes=len(data), cache_length=slots, prefill_lengths=lengths,
-        ops=sorted(operator_names(data)), peak_rss_gb=peak_rss_gb(),
+        path=output, litertlm=None, bytes=size, cache_length=slots, prefill_lengths=lengths,
+        ops=sorted(operator_names(head)), peak_rss_gb=peak_rss_gb(),
     )
-    del data
     if litertlm:
         report("writing the LiteRT-LM bundle")
         if tokenizer is None and not isinstance(checkpoint, TFMistralForCausalLM):

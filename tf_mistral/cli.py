@@ -341,8 +341,9 @@ def export_tflite_flags(p):
     p.add_argument("--checkpoint", metavar="DIR", required=True, help="Hugging Face checkpoint folder (a causal LM)")
     p.add_argument("--output", metavar="FILE", required=True, help="the .tflite file to write")
     p.add_argument("--quantize", default="none", choices=QUANTIZE_OPTIONS,
-                   help="none: float32; fp16: float16 weights; int8: dynamic-range int8; int4: int4 blockwise "
-                        "weights (ai-edge-quantizer). Default none")
+                   help="none: float32; fp16: float16 weights; int8: int8 weights (per-row scales); int4: int4 "
+                        "weights in blocks of 32. Written one tensor at a time: a 7B export needs a few GB. "
+                        "Default none")
     p.add_argument("--prefill-lengths", type=comma_separated_ints, metavar="N,N,...",
                    help=f"prefill signature lengths (default {','.join(map(str, DEFAULT_PREFILL_LENGTHS))}, "
                         "clipped to the cache)")
