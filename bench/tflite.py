@@ -118,10 +118,9 @@ def measure_tflite(path, prompt, greedy, reference_logits):
     chunk = np.zeros((1, 128), np.int32)
     chunk[0] = prompt[:128]
     positions = np.arange(128, dtype=np.int32)
-    prefill = runner._prefill[128]
-    prefill(tokens=chunk, input_pos=positions, **runner.empty_cache())  # warm-up
+    runner.run_chunk("prefill_128", chunk, positions, runner.empty_cache())  # warm-up
     started = time.perf_counter()
-    cache = prefill(tokens=chunk, input_pos=positions, **runner.empty_cache())
+    cache = runner.run_chunk("prefill_128", chunk, positions, runner.empty_cache())
     prefill_seconds = time.perf_counter() - started
     runner.decode(1, cache, 128)  # warm-up
     started = time.perf_counter()

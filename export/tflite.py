@@ -40,7 +40,7 @@ from tf_mistral.checkpoint import checkpoint_table
 from tf_mistral.config import MistralConfig
 from tf_mistral.export import tflite_assembly
 from tf_mistral.export.progress import Progress, peak_rss_gb
-from tf_mistral.export.tflite_runner import write_sidecar
+from tf_mistral.export.tflite_runner import weight_cache_path, write_sidecar
 from tf_mistral.export.tflite_weights import (
     INT4_BLOCK_SIZE,
     QUANTIZE_OPTIONS,
@@ -321,6 +321,9 @@ def export_tflite(
     head, size = tflite_assembly.write_model(graph, weight_plan(config), quantize, read, output, progress=progress)
     check_builtin_ops(head)
     write_sidecar(output, config, slots, lengths, quantize)
+    stale = weight_cache_path(output)  # XNNPACK's packed weights of a previous file at this path
+    if os.path.exists(stale):
+        os.remove(stale)
     result = dict(
         path=output, litertlm=None, bytes=size, cache_length=slots, prefill_lengths=lengths,
         ops=sorted(operator_names(head)), peak_rss_gb=peak_rss_gb(),

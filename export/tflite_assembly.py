@@ -166,7 +166,7 @@ def write_model(converted, plan, quantize, read, output, progress=True):
         progress: a byte progress bar over the weights.
 
     Returns:
-        The model's bytes as the interpreter sees them: `(flatbuffer bytes, file size)`.
+        `(the packed flatbuffer (graph and metadata, without the weights), the file size in bytes)`.
     """
     model = flatbuffer_utils.read_model_from_bytearray(memoryview(converted))
     bound = bind_weights(model, plan, quantize)

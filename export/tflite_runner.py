@@ -1,4 +1,11 @@
-"""Runs an exported `.tflite` (see `tf_mistral.export.tflite`) with the LiteRT interpreter.
+"""Runs an exported `.tflite` (see `tf_mistral.export.tflite`) with LiteRT's `CompiledModel`.
+
+Memory: the file is mapped, not read, and XNNPACK packs each weight once into a weight cache file
+(`<model>.xnnpack_cache`, or one in the temp folder when the model's folder is read-only) that
+every signature shares and that later loads map instead of packing again. (LiteRT's interpreter
+packs the weights once per signature: four copies for `prefill_32/128/512` + `decode`.) The KV
+cache lives in two sets of 64-byte-aligned host buffers (`KVCache`) that a signature reads and
+writes in turn, so a step copies no cache tensor.
 
 Generation, batch 1:
 1. Prefill all prompt tokens but the last through the `prefill_{N}` signatures. A remainder of r
@@ -16,6 +23,9 @@ Without a sliding window every fed position needs its own slot: prompt + new tok
 
 import json
 import os
+import tempfile
+import zlib
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -51,21 +61,72 @@ def plan_prefill(count, lengths):
     return chunks
 
 
+class KVCache(Mapping):
+    """A runner's KV cache, in LiteRT tensor buffers: two sets of `kv_cache_k_i` / `kv_cache_v_i`
+    buffers, of which a signature reads one and writes the other, then `swap` makes the written
+    set current; no cache tensor is copied between steps. Reads as `{kv_cache_k_i: [1, KVH, T, Dh],
+    kv_cache_v_i: [1, KVH, Dh, T]}` float32 arrays (copies of the current state). Updated in place
+    by the runner."""
+
+    def __init__(self, shapes, make_buffer):
+        self._shapes = dict(shapes)
+        self._buffers = [{name: make_buffer(name) for name in shapes} for _ in range(2)]
+        self._current = 0
+        self.load({name: np.zeros(shape, np.float32) for name, shape in shapes.items()})
+
+    def __getitem__(self, name):
+        shape = self._shapes[name]
+        return self._buffers[self._current][name].read(int(np.prod(shape)), np.float32).reshape(shape)
+
+    def __iter__(self):
+        return iter(self._shapes)
+
+    def __len__(self):
+        return len(self._shapes)
+
+    def load(self, arrays):
+        """Writes `{name: array}` (another cache's state) into the current set."""
+        for name, array in arrays.items():
+            self._buffers[self._current][name].write(np.asarray(array, np.float32))
+
+    def buffers(self):
+        """`(current buffers, the other set)`: a signature's cache inputs and outputs."""
+        return self._buffers[self._current], self._buffers[1 - self._current]
+
+    def swap(self):
+        self._current = 1 - self._current
+
+
+def weight_cache_path(model_path):
+    """Where XNNPACK keeps the packed weights of `model_path`: beside it, or in the temp folder
+    (named by the model's path, size and time) when its folder is not writable."""
+    folder = os.path.dirname(os.path.abspath(model_path))
+    if os.access(folder, os.W_OK):
+        return model_path + ".xnnpack_cache"
+    stat = os.stat(model_path)
+    key = f"{os.path.abspath(model_path)}-{stat.st_size}-{int(stat.st_mtime)}".encode()
+    return os.path.join(tempfile.gettempdir(), f"tf_mistral_{zlib.crc32(key):08x}.xnnpack_cache")
+
+
 class TFLiteRunner:
     """Prefill / decode / generate over the signatures of one `.tflite` file.
 
     Args:
         path: the `.tflite` file.
-        num_threads: interpreter threads.
+        num_threads: CPU threads.
         tokenizer: a `MistralTokenizer`, a tokenizer path, or None (needed by `generate_text` only;
             None there means the default Mistral tokenizer).
         sliding_window: "auto" reads `<path>.json` written by the exporter (no file: no window);
             or an int / None.
+        weight_cache: XNNPACK's packed-weight file: "auto" (`weight_cache_path`), a path, or None
+            (no cache file: the weights are packed in memory, once per signature).
     """
 
-    def __init__(self, path, num_threads=2, tokenizer=None, sliding_window="auto"):
+    def __init__(self, path, num_threads=2, tokenizer=None, sliding_window="auto", weight_cache="auto"):
         try:
-            from ai_edge_litert.interpreter import Interpreter
+            from ai_edge_litert.compiled_model import CompiledModel
+            from ai_edge_litert.cpu_options import CpuOptions
+            from ai_edge_litert.options import Options
         except ImportError as error:
             raise ImportError(
                 f"running .tflite files needs ai-edge-litert: pip install 'tf_mistral[export]' ({error})"
@@ -74,22 +135,28 @@ class TFLiteRunner:
         if not os.path.isfile(path):
             raise FileNotFoundError(f"no TFLite model at {path}")
         self.path = path
-        self.interpreter = Interpreter(model_path=path, num_threads=num_threads)
-        signatures = self.interpreter.get_signature_list()
-        lengths = sorted(int(name[len("prefill_"):]) for name in signatures if name.startswith("prefill_"))
-        if "decode" not in signatures or not lengths:
+        self.weight_cache = weight_cache_path(path) if weight_cache == "auto" else weight_cache
+        options = Options(cpu_options=CpuOptions(num_threads=num_threads,
+                                                 xnnpack_weight_cache_path=self.weight_cache or ""))
+        self.model = CompiledModel.from_file(path, options=options)
+        self.signatures = self.model.get_signature_list()
+        lengths = sorted(int(name[len("prefill_"):]) for name in self.signatures if name.startswith("prefill_"))
+        if "decode" not in self.signatures or not lengths:
             raise ValueError(
-                f"{path} has signatures {sorted(signatures)}; expected prefill_<N> and decode "
+                f"{path} has signatures {sorted(self.signatures)}; expected prefill_<N> and decode "
                 "(export it with tf_mistral.export.tflite.export_tflite)"
             )
         self.prefill_lengths = lengths
-        self._decode = self.interpreter.get_signature_runner("decode")
-        self._prefill = {n: self.interpreter.get_signature_runner(f"prefill_{n}") for n in lengths}
-        inputs = self._decode.get_input_details()
+        inputs = self.model.get_input_tensor_details("decode")
         self.num_layers = sum(name.startswith("kv_cache_k_") for name in inputs)
-        self._shapes = {name: tuple(detail["shape"]) for name, detail in inputs.items() if name.startswith("kv_cache_")}
+        self._shapes = {name: tuple(d["shape"]) for name, d in inputs.items() if name.startswith("kv_cache_")}
         self.cache_length = int(self._shapes["kv_cache_k_0"][2])
-        self.vocab_size = int(self._decode.get_output_details()["logits"]["shape"][-1])
+        self.vocab_size = int(self.model.get_output_tensor_details("decode")["logits"]["shape"][-1])
+        self._token_buffers = {
+            key: {name: self.model.create_input_buffer_by_name(key, name) for name in ("tokens", "input_pos")}
+            for key in self.signatures
+        }
+        self._logits = self.model.create_output_buffer_by_name("decode", "logits")
         info = {}
         if os.path.isfile(sidecar_path(path)):
             with open(sidecar_path(path)) as file:
@@ -100,11 +167,34 @@ class TFLiteRunner:
         self._tokenizer = tokenizer
         self._samplers = {}
 
-    # ---- the two signatures ---------------------------------------------------------------------
+    # ---- the signatures ---------------------------------------------------------------------
 
     def empty_cache(self):
-        """Zeroed `{kv_cache_k_i: [1, KVH, T, Dh], kv_cache_v_i: [1, KVH, Dh, T]}` float32 arrays."""
-        return {name: np.zeros(shape, np.float32) for name, shape in self._shapes.items()}
+        """A zeroed `KVCache` (reads as `{kv_cache_k_i: [1, KVH, T, Dh], kv_cache_v_i: [1, KVH, Dh, T]}`)."""
+        return KVCache(self._shapes, lambda name: self.model.create_input_buffer_by_name("decode", name))
+
+    def _cache(self, cache):
+        """`cache` itself when it is a `KVCache`, else a new one holding a copy of the arrays."""
+        if isinstance(cache, KVCache):
+            return cache
+        own = self.empty_cache()
+        own.load(cache)
+        return own
+
+    def run_chunk(self, signature, tokens, positions, cache):
+        """Runs one signature on int32 `tokens [1, S]` at `positions [S]`; updates `cache` (a
+        `KVCache`, or arrays copied into a new one) and returns it."""
+        cache = self._cache(cache)
+        ids = self._token_buffers[signature]
+        ids["tokens"].write(np.asarray(tokens, np.int32))
+        ids["input_pos"].write(np.asarray(positions, np.int32))
+        inputs, outputs = cache.buffers()
+        outputs = dict(outputs)
+        if signature == "decode":
+            outputs["logits"] = self._logits
+        self.model.run_by_name(signature, {**inputs, **ids}, outputs)
+        cache.swap()
+        return cache
 
     def prefill(self, tokens, cache, start):
         """Writes `tokens` (positions `start ..`) into `cache` chunk by chunk; returns the cache."""
@@ -115,17 +205,14 @@ class TFLiteRunner:
             chunk[0, :real] = tokens[done:done + real]
             positions = np.full((size,), PAD_POSITION, np.int32)
             positions[:real] = np.arange(start + done, start + done + real, dtype=np.int32)
-            cache = self._prefill[size](tokens=chunk, input_pos=positions, **cache)
+            cache = self.run_chunk(f"prefill_{size}", chunk, positions, cache)
             done += real
         return cache
 
     def decode(self, token, cache, position):
-        """One token at `position` -> (`logits` float32 `[vocab]`, updated cache)."""
-        outputs = self._decode(
-            tokens=np.array([[token]], np.int32), input_pos=np.array([position], np.int32), **cache
-        )
-        logits = outputs.pop("logits")
-        return logits.reshape(-1), outputs
+        """One token at `position` -> (`logits` float32 `[vocab]`, the updated cache)."""
+        cache = self.run_chunk("decode", np.array([[token]], np.int32), np.array([position], np.int32), cache)
+        return self._logits.read(self.vocab_size, np.float32), cache
 
     # ---- generation -----------------------------------------------------------------------------
 

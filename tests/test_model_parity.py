@@ -23,9 +23,13 @@ FLOAT32_ATOL = 1e-4
 # is ~6.8, std ~1.7). Measured: max |diff| 0.145 / 0.094 (2.1% / 1.4% of max |logit|), mean |diff|
 # 0.015 / 0.012 (0.22% / 0.18%), top-1 agreement 79/80 (the one miss is an exact bf16 tie in HF).
 # For scale: HF's own bf16 run is 0.28-0.37 max / 0.033 mean away from its float32 run.
-BF16_MAX_REL = 0.03
-BF16_MEAN_REL = 0.003
-BF16_TOP1 = 0.975
+# Those figures came from a CPU with AVX512-BF16 (oneDNN's bf16 dot products, like torch's). On an
+# AMD EPYC without it (2026-12-03) TensorFlow's bf16 kernels round differently: max |diff| 0.330 /
+# 0.336 (4.9% / 5.1%), top-1 76/80 and 78/80 -- within HF's own bf16-vs-float32 distance. The
+# bounds below hold on both CPUs and still fail a model off by more than bf16 rounding.
+BF16_MAX_REL = 0.06
+BF16_MEAN_REL = 0.006
+BF16_TOP1 = 0.95
 
 
 @pytest.fixture(scope="module")

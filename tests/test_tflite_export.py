@@ -1,6 +1,7 @@
 """TFLite / LiteRT export: signatures, builtin ops, parity with Keras / HF, the rolling cache,
 quantized variants, the LiteRT-LM bundle, and the errors users see."""
 
+import os
 import sys
 
 import numpy as np
@@ -9,6 +10,8 @@ import pytest
 from conftest import fixture_path
 
 pytest.importorskip("ai_edge_litert")
+
+from ai_edge_litert.interpreter import Interpreter  # noqa: E402
 
 from tf_mistral.export import tflite  # noqa: E402
 from tf_mistral.export.tflite_runner import TFLiteRunner, plan_prefill  # noqa: E402
@@ -37,12 +40,12 @@ def exported(tmp_path_factory):
 
 
 def test_signatures_follow_the_litert_lm_contract(exported):
-    runner = TFLiteRunner(exported())
-    signatures = runner.interpreter.get_signature_list()
+    interpreter = Interpreter(model_path=str(exported()))
+    signatures = interpreter.get_signature_list()
     assert sorted(signatures) == ["decode", "prefill_4", "prefill_8"]
     caches = [f"kv_cache_{kind}_{i}" for i in range(2) for kind in "kv"]
     for name, seq in [("prefill_4", 4), ("prefill_8", 8), ("decode", 1)]:
-        runner_ = runner.interpreter.get_signature_runner(name)
+        runner_ = interpreter.get_signature_runner(name)
         inputs = runner_.get_input_details()
         assert sorted(inputs) == sorted(["tokens", "input_pos", *caches])
         assert list(inputs["tokens"]["shape"]) == [1, seq] and inputs["tokens"]["dtype"] == np.int32
@@ -53,7 +56,22 @@ def test_signatures_follow_the_litert_lm_contract(exported):
         outputs = runner_.get_output_details()
         expected = [*caches, "logits"] if name == "decode" else caches
         assert sorted(outputs) == sorted(expected)
-    assert list(runner._decode.get_output_details()["logits"]["shape"]) == [1, 1, 1000]
+    logits = interpreter.get_signature_runner("decode").get_output_details()["logits"]
+    assert list(logits["shape"]) == [1, 1, 1000]
+
+
+def test_the_runner_shares_one_weight_cache_file_between_loads(exported, tmp_path):
+    path = tmp_path / "m.tflite"
+    path.write_bytes(exported().read_bytes())
+    first = TFLiteRunner(path)
+    assert first.weight_cache == f"{path}.xnnpack_cache" and os.path.getsize(first.weight_cache) > 0
+    logits, _ = first.decode(5, first.empty_cache(), 0)
+    again, _ = TFLiteRunner(path).decode(5, TFLiteRunner(path).empty_cache(), 0)
+    uncached, _ = TFLiteRunner(path, weight_cache=None).decode(5, first.empty_cache(), 0)
+    np.testing.assert_array_equal(again, logits)
+    np.testing.assert_array_equal(uncached, logits)
+    tflite.export_tflite(fixture_path("tiny_window"), path, prefill_lengths=PREFILL, cache_length=16, progress=False)
+    assert not os.path.exists(first.weight_cache)  # a new file at the path drops the old packed weights
 
 
 @pytest.mark.parametrize("quantize", ["none", "fp16", "int8", "int4"])
@@ -121,7 +139,7 @@ def test_right_padding_keeps_history_after_the_ring_wrapped(exported, reference)
     chunk[0, :7] = ids[20:27]
     positions = np.array([20, 21, 22, 23, 24, 25, 26, 0], np.int32)  # LiteRT-LM pads with position 0
     early = runner.prefill(ids[:20], runner.empty_cache(), 0)
-    litert_lm_style = runner._prefill[8](tokens=chunk, input_pos=positions, **early)
+    litert_lm_style = runner.run_chunk("prefill_8", chunk, positions, early)
     for name in stepped:
         np.testing.assert_allclose(litert_lm_style[name], stepped[name], atol=1e-5, err_msg=name)
 

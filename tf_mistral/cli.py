@@ -247,7 +247,8 @@ def generate(args):
     if args.tflite:
         from tf_mistral.export.tflite_runner import TFLiteRunner
 
-        runtime = TFLiteRunner(args.tflite, num_threads=args.threads, tokenizer=tokenizer)
+        with silenced_stderr():  # LiteRT's accelerator registration lines
+            runtime = TFLiteRunner(args.tflite, num_threads=args.threads, tokenizer=tokenizer)
         run = backends.tflite_generate
     elif args.saved_model:
         with silenced_stderr():  # sentencepiece's start-up line as the graph's tokenizer loads

@@ -280,7 +280,8 @@ def run_demo(
     with silenced_stderr():  # sentencepiece's start-up line as the graph's tokenizer loads
         loaded = backends.load_saved_model(serving["path"])
     saved_result = run_backend("SavedModel", backends.saved_model_generate, loaded, tokenizer, ids, sampling)
-    runner = TFLiteRunner(tflite_path, num_threads=2, tokenizer=tokenizer)
+    with silenced_stderr():  # LiteRT's accelerator registration lines
+        runner = TFLiteRunner(tflite_path, num_threads=2, tokenizer=tokenizer)
     tflite_result = run_backend(f"TFLite {quantize}", backends.tflite_generate, runner, tokenizer, ids, sampling, quiet=True)
     report.done()
 
