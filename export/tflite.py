@@ -12,6 +12,10 @@ Outputs: the updated `kv_cache_*` under the same names, and for `decode` `logits
 `[1, 1, vocab]`. Prefill signatures return no logits: a runtime prefills all prompt tokens but
 the last and decodes from that one, as LiteRT-LM does.
 
+Bad input gives NaN, never a quiet wrong answer: a token outside [0, vocab), a negative
+`input_pos[0]`, or (without a sliding window) positions past the T cache slots make the decode
+logits, and every cache tensor a prefill returns, NaN (`_checked_inputs`).
+
 Right padding is safe. A runtime fills a short chunk up to N with padding whose `input_pos`
 breaks the run `input_pos[0] + i` (LiteRT-LM pads with position 0, `TFLiteRunner` with -1). The
 graph counts the entries that continue the run and restores every ring slot that only a padding
@@ -108,6 +112,27 @@ def _restore_padded_slots(old_cache, new_cache, input_pos):
     ]
 
 
+def _checked_inputs(tokens, input_pos, config, slots):
+    """`(tokens clamped to [0, vocab), poison)`: poison is float32 0, or NaN when the inputs are
+    out of contract -- a token outside [0, vocab), a negative `input_pos[0]`, or, without a
+    sliding window, real positions past the cache (they would wrap onto live slots). Added to
+    the decode logits and to the caches a prefill returns, NaN makes bad input unmistakable
+    instead of quietly computing from a wrong token or a clobbered slot.
+
+    Args:
+        tokens: int32 `[1, S]`.
+        input_pos: int32 `[S]`; entry i is real when `input_pos[i] == input_pos[0] + i`.
+    """
+    seq = input_pos.shape[0]
+    start = input_pos[0]
+    bad = tf.reduce_any((tokens < 0) | (tokens >= config.vocab_size)) | (start < 0)
+    if config.sliding_window is None:
+        real = tf.reduce_sum(tf.cast(tf.equal(input_pos, start + tf.range(seq, dtype=tf.int32)), tf.int32))
+        bad = bad | (start + real > slots)
+    poison = tf.where(bad, tf.constant(float("nan")), tf.constant(0.0))
+    return tf.clip_by_value(tokens, 0, config.vocab_size - 1), poison
+
+
 def weightless_model(config):
     """A float32 `TFMistralForCausalLM` whose variables hold no memory (created uninitialised in
     a `StatelessScope`): it can only run inside a scope that maps every variable to a tensor."""
@@ -169,11 +194,15 @@ def signature_functions(model, slots, prefill_lengths):
 
     def step(inputs, decode):
         cache = [(inputs[k_name], inputs[v_name]) for k_name, v_name in names]
+        tokens, poison = _checked_inputs(inputs["tokens"], inputs["input_pos"], config, slots)
         with bind(inputs):
-            logits, new_cache = model.forward_with_cache(inputs["tokens"], cache, inputs["input_pos"][0])
-        if not decode:
+            logits, new_cache = model.forward_with_cache(tokens, cache, inputs["input_pos"][0])
+        if decode:
+            outputs = {"logits": tf.cast(logits, tf.float32) + poison}
+        else:
             new_cache = _restore_padded_slots(cache, new_cache, inputs["input_pos"])
-        outputs = {"logits": tf.cast(logits, tf.float32)} if decode else {}
+            new_cache = [(k + poison, v + poison) for k, v in new_cache]
+            outputs = {}
         for (k_name, v_name), (k, v) in zip(names, new_cache):
             outputs[k_name], outputs[v_name] = k, v
         return outputs

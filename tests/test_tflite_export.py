@@ -60,6 +60,34 @@ def test_signatures_follow_the_litert_lm_contract(exported):
     assert list(logits["shape"]) == [1, 1, 1000]
 
 
+def raw_decode(path, token, position):
+    """The raw `decode` signature's logits for one token on an empty cache (no runner guard)."""
+    decode = Interpreter(model_path=str(path)).get_signature_runner("decode")
+    caches = {n: np.zeros(d["shape"], np.float32) for n, d in decode.get_input_details().items() if n.startswith("kv")}
+    return decode(tokens=np.array([[token]], np.int32), input_pos=np.array([position], np.int32), **caches)["logits"]
+
+
+@pytest.mark.parametrize("token", [-1, 1000, 2**31 - 1])
+def test_a_raw_signature_gives_nan_logits_for_a_token_outside_the_vocabulary(exported, token):
+    assert np.isnan(raw_decode(exported(), token, 0)).all()
+    assert np.isfinite(raw_decode(exported(), 999, 0)).all()
+
+
+def test_a_raw_signature_gives_nan_logits_past_the_cache_without_a_window(exported):
+    path = exported("tiny_nowindow", cache_length=32)
+    assert np.isfinite(raw_decode(path, 5, 31)).all()
+    assert np.isnan(raw_decode(path, 5, 32)).all()
+    assert np.isnan(raw_decode(path, 5, -1)).all()
+    assert np.isfinite(raw_decode(exported(), 5, 100)).all()  # a sliding window rolls: any position
+
+
+def test_a_raw_prefill_with_a_bad_token_poisons_the_cache(exported):
+    prefill = Interpreter(model_path=str(exported())).get_signature_runner("prefill_4")
+    caches = {n: np.zeros(d["shape"], np.float32) for n, d in prefill.get_input_details().items() if n.startswith("kv")}
+    out = prefill(tokens=np.array([[1, 2, -3, 4]], np.int32), input_pos=np.arange(4, dtype=np.int32), **caches)
+    assert all(np.isnan(value).all() for value in out.values())
+
+
 def test_the_runner_shares_one_weight_cache_file_between_loads(exported, tmp_path):
     path = tmp_path / "m.tflite"
     path.write_bytes(exported().read_bytes())
