@@ -35,10 +35,10 @@ LOCK = "/tmp/tf_mistral_bench.lock"
 TOOLS = ("llama-bench", "llama-quantize")
 
 
-def run(command, **kwargs):
-    """Runs `command` (a list), echoing it to stderr; raises if it fails."""
+def run(command):
+    """Runs `command` (a list) with its output on stderr, so stdout holds only result lines."""
     print("+", shlex.join(map(str, command)), file=sys.stderr, flush=True)
-    return subprocess.run(list(map(str, command)), check=True, **kwargs)
+    subprocess.run(list(map(str, command)), check=True, stdout=sys.stderr)
 
 
 def llama_cpp_source(workdir):
@@ -103,11 +103,13 @@ def gguf_files(workdir, source, binaries, checkpoint, types, keep_bf16):
 
 
 def bench(binaries, path, threads):
-    """llama-bench under the shared lock; returns its JSON rows, its peak RSS in GB and the command."""
+    """llama-bench under the shared lock: its JSON rows, peak RSS in GB, the 1-min load average before it
+    (other work on the 2 cores skews the figures) and the command."""
     command = [str(binaries / "llama-bench"), "-m", str(path), "-t", str(threads), "-p", "32,512",
                "-n", "16", "-r", "1", "-o", "json"]
     with open(LOCK, "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
+        load_average = os.getloadavg()[0]
         print("+", shlex.join(command), file=sys.stderr, flush=True)
         process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
         with process.stdout:
@@ -116,17 +118,17 @@ def bench(binaries, path, threads):
     process.returncode = os.waitstatus_to_exitcode(status)
     if process.returncode:
         raise subprocess.CalledProcessError(process.returncode, command)
-    return json.loads(output), usage.ru_maxrss / 1e6, shlex.join(command)
+    return json.loads(output), usage.ru_maxrss / 1e6, load_average, shlex.join(command)
 
 
-def summary(quantize, path, rows, peak_rss_gb, command):
+def summary(quantize, path, rows, peak_rss_gb, load_average, command):
     """One result line from llama-bench's rows (pp32, pp512, tg16)."""
     speed = {(r["n_prompt"], r["n_gen"]): r["avg_ts"] for r in rows}
     return dict(kind="llama.cpp", type=quantize, threads=rows[0]["n_threads"], file_bytes=path.stat().st_size,
                 prefill_32_tokens_per_second=speed[32, 0], prefill_512_tokens_per_second=speed[512, 0],
                 decode_tokens_per_second=speed[0, 16], first_token_512_seconds=512 / speed[512, 0],
-                peak_rss_gb=peak_rss_gb, build_commit=rows[0]["build_commit"], command=command,
-                date=time.strftime("%Y-%m-%d"))
+                peak_rss_gb=peak_rss_gb, load_average=load_average, build_commit=rows[0]["build_commit"],
+                command=command, date=time.strftime("%Y-%m-%d"))
 
 
 def main():

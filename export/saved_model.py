@@ -7,9 +7,11 @@
     saved_model.export_saved_model("ckpt/", "serving/mistral")
 
 TF Serving polls `BASE/NAME` for numbered versions and loads the highest. The export writes into a
-hidden temporary folder beside them (`.tmp-VERSION-*`, which TF Serving ignores: not a number) and
-renames it into place when complete, so the server never sees half a model. The version is the
-next free number unless given; an existing version is replaced only with `overwrite=True`.
+hidden temporary folder beside them (`.tmp-VERSION-PID-*`, which TF Serving ignores: not a number)
+and renames it into place when complete, so the server never sees half a model. The version is the
+next free number unless given; an existing version is replaced only with `overwrite=True`. An
+export killed midway leaves its folder (a whole model); the next export into `BASE/NAME` removes
+the folders of processes that no longer run.
 
 The graph holds only TensorFlow core and TF Text ops (checked after saving; XLA ops are refused
 unless `xla=True`). `xla=True` compiles the generation loop with `jit_compile`: such a model runs
@@ -21,14 +23,18 @@ import contextlib
 import gc
 import json
 import os
+import re
 import shutil
 import tempfile
 
+from tf_mistral import arguments
+from tf_mistral.atomic import pid_alive
 from tf_mistral.export.progress import Progress, peak_rss_gb
 
 DTYPES = ("float32", "bfloat16", "float16")
 DEFAULT_MAX_LENGTH = 4096
 DEFAULT_MAX_NEW_TOKENS = 256
+_TEMPORARY = re.compile(r"\.(tmp|old)-\d+-(?P<pid>\d+)-\w+")  # an export's staging or retired folder
 _ARCHITECTURES = {
     "MistralForCausalLM": "TFMistralForCausalLM",
     "MistralForSequenceClassification": "TFMistralForSequenceClassification",
@@ -61,13 +67,33 @@ def resolve_version(base, version, overwrite):
     return version
 
 
+def staging_folder(base, version):
+    """A new hidden folder `base/.tmp-VERSION-PID-XXXXXXXX` to write the export into (readable by
+    a server running as another user); the pid tells later exports whether it is still in use."""
+    staging = tempfile.mkdtemp(prefix=f".tmp-{version}-{os.getpid()}-", dir=base)
+    os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes it private
+    return staging
+
+
+def remove_dead_exports(base):
+    """Removes the staging (`.tmp-VERSION-PID-*`) and retired (`.old-VERSION-PID-*`) folders under
+    `base` whose process no longer runs: what exports killed midway left. Returns their names."""
+    if not os.path.isdir(base):
+        return []
+    dead = [name for name in sorted(os.listdir(base))
+            if (match := _TEMPORARY.fullmatch(name)) and not pid_alive(int(match["pid"]))]
+    for name in dead:
+        shutil.rmtree(os.path.join(base, name), ignore_errors=True)
+    return dead
+
+
 def publish(staging, base, version):
     """Renames the finished `staging` folder to `base/version`; an old version is moved aside
     first and deleted after (the only moment TF Serving may find the version missing)."""
     target = os.path.join(base, str(version))
     retired = None
     if os.path.exists(target):
-        retired = tempfile.mkdtemp(prefix=f".old-{version}-", dir=base)
+        retired = tempfile.mkdtemp(prefix=f".old-{version}-{os.getpid()}-", dir=base)
         os.rename(target, os.path.join(retired, "model"))
     os.rename(staging, target)
     if retired:
@@ -206,6 +232,8 @@ def export_saved_model(
     base = os.fspath(output)
     version = resolve_version(base, version, overwrite)  # fail before the slow part
     report = Progress("saved_model", progress)
+    for name in remove_dead_exports(base):  # free their disk space before writing another model
+        report(f"removed {name}, left by an export that did not finish")
     report(f"loading {checkpoint if isinstance(checkpoint, (str, os.PathLike)) else 'the model'} ({dtype})")
     model, folder = _load_model(checkpoint, dtype)
     config = model.config
@@ -226,8 +254,7 @@ def export_saved_model(
         trace_scope, cache_length = contextlib.nullcontext, None
     report(f"tracing signatures ({'XLA loop' if xla else 'no XLA'}, {cache_length or 'no'} cache slots)")
     os.makedirs(base, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=base)
-    os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes it private; a server may run as another user
+    staging = staging_folder(base, version)
     try:
         with trace_scope():
             signatures = module.signatures()
@@ -261,23 +288,37 @@ def add_arguments(parser):
     parser.add_argument("--checkpoint", metavar="DIR", required=True, help="Hugging Face checkpoint folder")
     parser.add_argument("--output", metavar="BASE/NAME", required=True,
                         help="model folder TF Serving watches (--model_base_path); versions go inside")
-    parser.add_argument("--version", type=int, help="version number (default: the next free one)")
+    parser.add_argument("--version", type=arguments.non_negative_int,
+                        help="version number (default: the next free one)")
     parser.add_argument("--overwrite", action="store_true", help="replace --version if it exists")
-    parser.add_argument("--max-length", type=int, default=DEFAULT_MAX_LENGTH,
+    parser.add_argument("--max-length", type=arguments.positive_int, default=DEFAULT_MAX_LENGTH,
                         help=f"most tokens per row, prompt + reply (default {DEFAULT_MAX_LENGTH})")
-    parser.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS,
-                        help=f"most new tokens per request; serving_default makes up to this many (default {DEFAULT_MAX_NEW_TOKENS})")
+    parser.add_argument("--max-new-tokens", type=arguments.positive_int,
+                        help="most new tokens per request; serving_default makes up to this many (default "
+                             f"{DEFAULT_MAX_NEW_TOKENS}, or half of a --max-length not above it)")
     parser.add_argument("--dtype", default="bfloat16", choices=DTYPES)
     parser.add_argument("--xla", action="store_true",
                         help="XLA-compile generation (TF Serving then needs --xla_cpu_compilation_enabled=true)")
     parser.add_argument("--tokenizer", metavar="PATH", help="tokenizer.model (default: the checkpoint's, else Mistral v0.1's)")
 
 
+def default_max_new_tokens(max_length):
+    """`--max-new-tokens` when not given: DEFAULT_MAX_NEW_TOKENS if it fits below `max_length`, else
+    half of `max_length` (the other half for the prompt)."""
+    return DEFAULT_MAX_NEW_TOKENS if DEFAULT_MAX_NEW_TOKENS < max_length else max(max_length // 2, 1)
+
+
 def run(args):
     """Runs `export saved-model` from parsed arguments; prints where the model went."""
+    max_new_tokens = args.max_new_tokens
+    if max_new_tokens is None:
+        max_new_tokens = default_max_new_tokens(args.max_length)
+        if max_new_tokens != DEFAULT_MAX_NEW_TOKENS:
+            print(f"--max-new-tokens defaults to {max_new_tokens} here, half of --max-length {args.max_length} (the "
+                  f"usual default, {DEFAULT_MAX_NEW_TOKENS}, must be below it); pass --max-new-tokens to choose")
     result = export_saved_model(
         args.checkpoint, args.output, version=args.version, max_length=args.max_length,
-        max_new_tokens=args.max_new_tokens, dtype=args.dtype, xla=args.xla, tokenizer=args.tokenizer,
+        max_new_tokens=max_new_tokens, dtype=args.dtype, xla=args.xla, tokenizer=args.tokenizer,
         overwrite=args.overwrite,
     )
     print(f"signatures: {', '.join(result['signatures'])}")

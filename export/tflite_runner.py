@@ -257,7 +257,7 @@ class TFLiteRunner:
         """
         import tensorflow as tf
 
-        from tf_mistral.generation.sampling import SamplingMode, next_tokens, validate_sampling
+        from tf_mistral.generation.sampling import SamplingMode, next_tokens, validate_sampling, validate_seed
 
         prompt = np.asarray(input_ids).reshape(-1).astype(np.int64)
         if prompt.size == 0:
@@ -267,6 +267,7 @@ class TFLiteRunner:
         if not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
         validate_sampling(do_sample, temperature, top_k, top_p)
+        validate_seed(seed)
         self.check_length(prompt.size, int(max_new_tokens))
         eos = self.eos_token_ids if eos_token_id == "auto" else tuple(np.atleast_1d(eos_token_id or []).tolist())
         mode = SamplingMode(do_sample, int(top_k or 0) if do_sample else 0, bool(do_sample and top_p < 1.0))

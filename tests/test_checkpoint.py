@@ -99,6 +99,15 @@ def test_causal_lm_loads_a_bare_checkpoint_and_warns_lm_head_is_new(tmp_path, ca
     assert_same_weights(model.model, causal_lm("tiny_window").model)
 
 
+@pytest.mark.parametrize("name, message", [
+    ("tiny_seqcls", "is a sequence-classification checkpoint .*load it with TFMistralForSequenceClassification"),
+    ("tiny_tokcls", "is a token-classification checkpoint .*load it with TFMistralForTokenClassification"),
+])
+def test_causal_lm_refuses_a_classification_checkpoint_naming_the_class_to_use(name, message):
+    with pytest.raises(CheckpointError, match=message):
+        load(fixture_path(name))
+
+
 def test_sequence_classifier_from_causal_lm_checkpoint_warns_score_is_new(causal_lm):
     with pytest.warns(UserWarning, match=r"score\.weight.*newly initialised"):
         model = load(fixture_path("tiny_window"), TFMistralForSequenceClassification, num_labels=3)
@@ -327,6 +336,38 @@ def test_integer_tensor_is_refused(tmp_path):
     tensors["model.norm.weight"] = tensors["model.norm.weight"].astype(np.int32)
     with pytest.raises(CheckpointError, match=r"model\.norm\.weight.*int32"):
         load(checkpoint_with(tmp_path, tensors))
+
+
+@pytest.mark.parametrize("name, dtype, value", [
+    ("model.layers.1.mlp.up_proj.weight", np.float32, np.nan),
+    (K_PROJ, ml_dtypes.bfloat16, np.inf),
+    ("lm_head.weight", np.float16, -np.inf),
+    ("model.norm.weight", np.float32, np.nan),  # 1-D: read whole, not by blocks
+    ("model.layers.0.input_layernorm.weight", ml_dtypes.bfloat16, np.nan),
+])
+def test_a_tensor_holding_nan_or_infinity_is_refused_by_name(tmp_path, name, dtype, value):
+    tensors = fixture_tensors()
+    tensors[name] = tensors[name].astype(dtype)
+    tensors[name].reshape(-1)[-1] = value
+    with pytest.raises(CheckpointError, match=rf"tensor '{name}' holds NaN or infinite values"):
+        load(checkpoint_with(tmp_path, tensors))
+
+
+def test_nan_in_any_block_of_a_tensor_read_in_blocks_is_found(tmp_path, monkeypatch):
+    monkeypatch.setattr(checkpoint, "_BLOCK_BYTES", 1000)  # a few rows per block
+    tensors = fixture_tensors()
+    tensors[K_PROJ][37, 5] = np.nan  # inside a middle block of the 64 rows
+    with pytest.raises(CheckpointError, match=rf"tensor '{K_PROJ}' holds NaN"):
+        load(checkpoint_with(tmp_path, tensors))
+
+
+def test_largest_finite_16_bit_values_load(tmp_path):
+    tensors = fixture_tensors()
+    for name, dtype in ((K_PROJ, ml_dtypes.bfloat16), ("model.norm.weight", np.float16)):
+        tensors[name] = tensors[name].astype(dtype)
+        tensors[name].reshape(-1)[:2] = [np.finfo(dtype).max, np.finfo(dtype).min]
+    model = load(checkpoint_with(tmp_path, tensors))
+    assert model.model.norm.weight.numpy()[0] == np.finfo(np.float16).max
 
 
 def test_truncated_file_is_refused_with_advice(tmp_path):

@@ -4,6 +4,7 @@ The runtimes behind `generate` are checked against the Keras model's own `genera
 fixture (whose parity with HF transformers is tested in test_generation.py).
 """
 
+import importlib.resources
 import os
 import shutil
 import subprocess
@@ -13,10 +14,15 @@ import numpy as np
 import pytest
 
 from conftest import fixture_path
-from tf_mistral import cli
+from tf_mistral import arguments, cli
+from tf_mistral.export import saved_model
+from tf_mistral.generation import sampling
+from tf_mistral.tokenizer import DEFAULT_MODEL_FILES
 
 PROMPT = "The quick brown fox"
 NEW_TOKENS = 12
+GENERATE = ["generate", "hi", "--checkpoint", "x"]  # command lines that parse, up to the flags under test
+EXPORT = ["export", "saved-model", "--checkpoint", "x", "--output", "y"]
 
 
 def run(capsys, *argv):
@@ -95,6 +101,35 @@ def test_bad_choice_is_a_usage_error(capsys):
     assert "invalid choice: 'int3'" in err
 
 
+@pytest.mark.parametrize("argv, message", [
+    (GENERATE + ["--temperature", "-1"], "argument --temperature: expected a finite number > 0, got '-1'"),
+    (GENERATE + ["--temperature", "inf"], "argument --temperature: expected a finite number > 0, got 'inf'"),
+    (GENERATE + ["--temperature", "nan"], "argument --temperature: expected a finite number > 0, got 'nan'"),
+    (GENERATE + ["--top-p", "0"], "argument --top-p: expected a number in (0, 1], got '0'"),
+    (GENERATE + ["--top-p", "1.5"], "argument --top-p: expected a number in (0, 1], got '1.5'"),
+    (GENERATE + ["--top-k", "-1"], "argument --top-k: expected an integer >= 0, got '-1'"),
+    (GENERATE + ["--seed", str(2**32)],
+     "argument --seed: expected an integer in [-2147483648, 2147483647] (the RNG's int32 key), got '4294967296'"),
+    (["chat", "--max-new-tokens", "0"], "argument --max-new-tokens: expected a positive integer, got '0'"),
+    (["info", "--preset", "mistral_7b_v0.1", "--max-length", "-5"],
+     "argument --max-length: expected a positive integer, got '-5'"),
+    (EXPORT + ["--version", "-1"], "argument --version: expected an integer >= 0, got '-1'"),
+    (EXPORT + ["--max-length", "0"], "argument --max-length: expected a positive integer, got '0'"),
+    (EXPORT + ["--max-new-tokens", "-3"], "argument --max-new-tokens: expected a positive integer, got '-3'"),
+    (["export", "tflite", "--checkpoint", "x", "--output", "y", "--cache-length", "0"],
+     "argument --cache-length: expected a positive integer, got '0'"),
+    (["demo", "--steps", "-1"], "argument --steps: expected an integer >= 0, got '-1'"),
+])
+def test_a_number_flag_out_of_its_range_is_a_usage_error_naming_the_flag(capsys, argv, message):
+    code, out, err = run(capsys, *argv)
+    assert (code, out) == (2, "")
+    assert err.rstrip().endswith(message)
+
+
+def test_the_seed_flag_takes_the_seeds_generate_takes():
+    assert arguments.SEEDS == sampling.SEEDS
+
+
 def test_debug_before_the_verb_is_kept():
     args = cli.build_parser().parse_args(["--debug", "info", "--preset", "mistral_7b_v0.1"])
     assert args.debug is True
@@ -169,6 +204,35 @@ def test_a_failure_is_one_line_without_traceback(capsys, tmp_path):
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize("argv, fixture", [
+    (["generate", "hi"], "tiny_window"),
+    (["chat"], "tiny_window"),
+    (["classify", "hi"], "tiny_seqcls"),
+])
+def test_the_default_tokenizer_larger_than_the_vocabulary_fails_saying_where_the_tokenizer_goes(capsys, argv, fixture):
+    folder = fixture_path(fixture)  # no tokenizer.model: the 32000-piece Mistral v0.1 default
+    code, out, err = run(capsys, *argv, "--checkpoint", folder)
+    assert (code, out) == (1, "")
+    assert err == (
+        f"tf-mistral {argv[0]}: error: the model's vocabulary has 1000 ids but the tokenizer (the default Mistral "
+        f"v0.1: {folder} has no tokenizer.model) has 32000 pieces: put the model's tokenizer.model in {folder}\n"
+    )
+
+
+def test_another_models_tokenizer_in_the_checkpoint_fails_naming_its_file(capsys, tmp_path):
+    folder = tmp_path / "tiny"
+    shutil.copytree(fixture_path("tiny_window"), folder)
+    v1 = importlib.resources.files("mistral_common") / "data" / DEFAULT_MODEL_FILES["v1"]
+    (folder / "tokenizer.model").write_bytes(v1.read_bytes())
+    code, _, err = run(capsys, "generate", "hi", "--checkpoint", str(folder))
+    assert code == 1
+    assert err == (
+        f"tf-mistral generate: error: the model's vocabulary has 1000 ids but the tokenizer "
+        f"({folder / 'tokenizer.model'}) has 32000 pieces: is it another model's? put this model's own "
+        f"tokenizer.model in {folder}\n"
+    )
+
+
 def test_debug_shows_the_exception(tmp_path):
     with pytest.raises(Exception, match="nothing"):
         cli.main(["--debug", "generate", "hello", "--checkpoint", str(tmp_path / "nothing")])
@@ -211,6 +275,48 @@ def test_convert_refuses_a_bad_shard_size_before_loading(capsys, tmp_path, tiny_
                        "--max-shard-size", "lots")
     assert code == 2 and "lots" in err
     assert not (tmp_path / "out").exists()
+
+
+# ---- export saved-model --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("max_length, expected", [(4096, 256), (257, 256), (256, 128), (128, 64), (1, 1)])
+def test_default_max_new_tokens_is_256_or_half_a_max_length_it_does_not_fit_below(max_length, expected):
+    assert saved_model.default_max_new_tokens(max_length) == expected
+
+
+@pytest.fixture
+def exports(monkeypatch):
+    """The keyword arguments of each `export_saved_model` call the CLI makes (nothing is exported)."""
+    calls = []
+
+    def export(checkpoint, output, **kwargs):
+        calls.append(kwargs)
+        return dict(signatures=["serving_default"])
+
+    monkeypatch.setattr(saved_model, "export_saved_model", export)
+    return calls
+
+
+def test_export_saved_model_lowers_the_default_max_new_tokens_below_max_length_and_says_so(capsys, exports):
+    code, out, err = run(capsys, *EXPORT, "--max-length", "128")
+    assert code == 0, err
+    assert exports[0]["max_length"] == 128 and exports[0]["max_new_tokens"] == 64
+    assert "--max-new-tokens defaults to 64 here, half of --max-length 128" in out
+
+
+def test_export_saved_model_keeps_the_default_max_new_tokens_that_fits_without_a_word(capsys, exports):
+    code, out, _ = run(capsys, *EXPORT)
+    assert code == 0
+    assert exports[0]["max_new_tokens"] == saved_model.DEFAULT_MAX_NEW_TOKENS
+    assert out == "signatures: serving_default\n"
+
+
+def test_export_saved_model_refuses_an_explicit_max_new_tokens_that_does_not_fit(capsys, tmp_path, tiny_checkpoint):
+    code, _, err = run(capsys, "export", "saved-model", "--checkpoint", tiny_checkpoint, "--output",
+                       str(tmp_path / "m"), "--max-length", "128", "--max-new-tokens", "200")
+    assert code == 1
+    assert "max_new_tokens (200) must be below max_length (128)" in err
 
 
 # ---- bench --------------------------------------------------------------------------------------

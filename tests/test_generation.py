@@ -95,6 +95,16 @@ def test_a_seed_reproduces_a_sample_and_another_seed_differs(model):
     assert not np.array_equal(sample(model, seed=7), sample(model, seed=8))
 
 
+@pytest.mark.parametrize("seed", [-2**31, 2**31 - 1])
+def test_seeds_at_both_ends_of_the_int32_range_reproduce_a_sample(model, seed):
+    np.testing.assert_array_equal(sample(model, seed=seed), sample(model, seed=seed))
+
+
+@pytest.mark.parametrize("top_k", [1000, 1001, 5000])  # the fixture's vocabulary has 1000 ids
+def test_a_top_k_of_the_whole_vocabulary_or_more_samples_as_no_filter(model, top_k):
+    np.testing.assert_array_equal(sample(model, seed=4, top_k=top_k), sample(model, seed=4))
+
+
 @pytest.mark.parametrize("filters", [dict(top_k=1), dict(top_p=1e-6), dict(temperature=1e-4)])
 def test_sampling_that_keeps_only_the_top_token_is_greedy(model, filters):
     np.testing.assert_array_equal(sample(model, seed=3, **filters), greedy(model, PROMPT, max_new_tokens=30))
@@ -280,10 +290,18 @@ def test_a_prefill_of_the_last_token_alone_fills_every_layer_of_the_cache(model)
     (dict(max_length=5), "max_new_tokens"),
     (dict(attention_mask=[[0] * 7]), "all padding"),
     (dict(attention_mask=[[1] * 6]), "shape"),
+    (dict(attention_mask=[[0, 1, 2, 1, 1, 1, 1]]), r"attention_mask must hold only 0 .* and 1 .*, got 2"),
+    (dict(attention_mask=[[1, 1, 1, 1, 1, 1, -1]]), r"attention_mask must hold only 0 .* and 1 .*, got -1"),
     (dict(input_ids=[[5, 1000]]), r"\[0, 1000\)"),
     (dict(input_ids=[[1.5, 2.0]]), "integer"),
     (dict(do_sample=True, temperature=0.0), "temperature"),
     (dict(do_sample=True, temperature=-1.0), "temperature"),
+    (dict(do_sample=True, temperature=float("inf")), "temperature must be a finite number > 0, got inf"),
+    (dict(do_sample=True, temperature=float("nan")), "temperature must be a finite number > 0, got nan"),
+    (dict(do_sample=True, top_p=float("nan")), "top_p"),
+    (dict(do_sample=True, seed=2**31), r"seed must be an integer in \[-2147483648, 2147483647\].*got 2147483648"),
+    (dict(do_sample=True, seed=-2**31 - 1), r"seed must be an integer in \[-2147483648, 2147483647\]"),
+    (dict(do_sample=True, seed=1.5), "seed must be an integer"),
     (dict(do_sample=True, top_p=0.0), "top_p"),
     (dict(do_sample=True, top_p=1.5), "top_p"),
     (dict(do_sample=True, top_k=-2), "top_k"),

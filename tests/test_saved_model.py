@@ -139,6 +139,38 @@ def test_failed_export_leaves_no_version_and_no_temporary_folder(tmp_path, monke
     assert os.listdir(tmp_path / "m") == []
 
 
+# An export that dies after writing part of its model into its staging folder, before publishing.
+KILLED_EXPORT = """
+import os, sys
+from tf_mistral.export import saved_model
+staging = saved_model.staging_folder(sys.argv[1], 1)
+open(os.path.join(staging, "saved_model.pb"), "w").write("partial")
+"""
+
+
+def test_the_next_export_removes_the_folders_a_killed_export_left(tmp_path, monkeypatch):
+    base = tmp_path / "m"
+    base.mkdir()
+    killed = subprocess.Popen([sys.executable, "-c", KILLED_EXPORT, str(base)])
+    assert killed.wait() == 0
+    (base / f".old-2-{killed.pid}-k1ll3d00" / "model").mkdir(parents=True)  # killed between publish's renames
+    assert len(os.listdir(base)) == 2
+
+    def stop(checkpoint, dtype):
+        raise RuntimeError("stopped after the clean-up")
+
+    monkeypatch.setattr(saved_model, "_load_model", stop)
+    with pytest.raises(RuntimeError, match="stopped after the clean-up"):
+        saved_model.export_saved_model(fixture_path("tiny_window"), base, progress=False)
+    assert os.listdir(base) == []
+
+
+def test_a_running_exports_staging_folder_is_kept(tmp_path):
+    staging = saved_model.staging_folder(str(tmp_path), 3)  # this process's: still running
+    assert saved_model.remove_dead_exports(str(tmp_path)) == []
+    assert os.path.isdir(staging)
+
+
 @pytest.mark.parametrize(
     "kwargs, error, message",
     [

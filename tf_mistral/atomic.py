@@ -1,4 +1,4 @@
-"""Small files written whole or not at all."""
+"""Small files written whole or not at all, and whether the writer of a leftover still runs."""
 
 import json
 import os
@@ -26,3 +26,15 @@ def remove(path):
         os.remove(path)
     except FileNotFoundError:
         pass
+
+
+def pid_alive(pid):
+    """Whether process `pid` is running (on this machine): a leftover named with the pid of a
+    process that is not is stale."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # running, as another user
+        return True
+    return True

@@ -77,9 +77,11 @@ def load_weights(model, directory, progress=True):
     """Assigns every tensor of the checkpoint in `directory` to `model` (built here if it is not).
 
     All names and shapes are checked before any data is read; a missing, unexpected or
-    mis-shaped tensor raises `CheckpointError` naming it. Head weights the checkpoint lacks
-    (a classifier `score` loaded from a base checkpoint) keep their fresh initialisation, with a
-    warning, as in HF transformers.
+    mis-shaped tensor raises `CheckpointError` naming it, and so does a tensor holding NaN or
+    infinity (checked block by block as it is read). Head weights the checkpoint lacks (a
+    classifier `score` loaded from a base checkpoint, an `lm_head` from a bare backbone) keep
+    their fresh initialisation, with a warning, as in HF transformers; a classifier checkpoint is
+    refused by a causal LM, whose random `lm_head` would generate noise.
     """
     located = open_checkpoint(directory)
     table = checkpoint_table(model)
@@ -90,6 +92,7 @@ def load_weights(model, directory, progress=True):
             "(from_pretrained), then enable_lora() or load_lora_weights()"
         )
     stored = _stored_names(table, located)
+    _refuse_classifier_for_causal_lm(table, stored, directory)
 
     missing = [name for name in table if name not in stored]
     missing_heads = [name for name in missing if name in _OTHER_HEADS]
@@ -134,6 +137,21 @@ def load_weights(model, directory, progress=True):
             bar.update(located[stored[name]].nbytes(stored[name]))
 
 
+def _refuse_classifier_for_causal_lm(table, stored, directory):
+    """Raises CheckpointError when a model with an `lm_head` (a causal LM) is given a classifier
+    checkpoint (`score.weight` and no `lm_head.weight`): its lm_head would stay random."""
+    if "lm_head.weight" not in table or "lm_head.weight" in stored or "score.weight" not in stored:
+        return
+    task, model_class = (
+        ("token", "TFMistralForTokenClassification") if "score.bias" in stored
+        else ("sequence", "TFMistralForSequenceClassification")
+    )
+    raise CheckpointError(
+        f"{directory} is a {task}-classification checkpoint (score.weight, no lm_head.weight): load it "
+        f"with {model_class}; as a causal LM it would generate from a random lm_head"
+    )
+
+
 def _build_without_random_init(model, filled_layers):
     """Builds `model` with zeros in place of the random initializers of `filled_layers` (those the
     checkpoint fills entirely). Random init would take minutes for 7B, and its float32 temporaries
@@ -156,14 +174,15 @@ def _assign(variable, source, name, transposed):
     shape = source.tensors[name][1]
     dtype = numpy_dtype(variable.dtype)
     if len(shape) < 2:
-        variable.assign(source.read(name).astype(dtype, copy=False))
+        variable.assign(_finite(source.read(name), name).astype(dtype, copy=False))
         return
     # The tf.Variable behind the Keras variable; under a tf.distribute strategy, each replica's.
     replicas = getattr(variable.value, "values", (variable.value,))
     step = min(shape[0], max(1, _BLOCK_BYTES // max(source.nbytes(name) // shape[0], 1)))
     for start in range(0, shape[0], step):
         start = min(start, shape[0] - step)  # the last block overlaps the one before: one block shape
-        block = tf.convert_to_tensor(source.read(name, (start, start + step)).astype(dtype, copy=False))
+        block = _finite(source.read(name, (start, start + step)), name)
+        block = tf.convert_to_tensor(block.astype(dtype, copy=False))
         if transposed:  # file [out, in] rows -> the same range of kernel [in, out] columns
             block, corner = tf.transpose(block), [0, start]
         else:
@@ -171,6 +190,26 @@ def _assign(variable, source, name, transposed):
         for replica in replicas:
             with tf.device(replica.device):  # XLA runs where the variable lives
                 _write_block(replica, block, corner)
+
+
+def _finite(array, name):
+    """`array` (float numpy, rows of tensor `name` as stored), after checking it holds no NaN or
+    infinity; raises CheckpointError naming the tensor otherwise.
+
+    16-bit floats are checked on their bits, 2.4x faster than ml_dtypes' `isfinite` on bfloat16:
+    a value is NaN or infinite when its magnitude bits (all but the sign) reach infinity's.
+    """
+    if array.dtype.itemsize == 2:
+        infinity = np.array(np.inf, array.dtype).view(np.uint16)
+        finite = array.size == 0 or (array.view(np.uint16) & 0x7FFF).max() < infinity
+    else:
+        finite = np.isfinite(array).all()
+    if not finite:
+        raise CheckpointError(
+            f"tensor {name!r} holds NaN or infinite values: the checkpoint is corrupt or was saved from a "
+            "diverged training run; download or copy it again, or save it from a healthy model"
+        )
+    return array
 
 
 @tf.function(jit_compile=True)

@@ -21,6 +21,7 @@ import contextlib
 import os
 import sys
 
+from tf_mistral import arguments
 from tf_mistral.safetensors_io import parse_size
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -118,36 +119,62 @@ def add_checkpoint_flag(parser, required=False, help=None):
 
 
 def add_sampling_flags(parser):
-    parser.add_argument("--max-new-tokens", type=int, default=64, help="new tokens per reply (default 64)")
+    parser.add_argument("--max-new-tokens", type=arguments.positive_int, default=64,
+                        help="new tokens per reply (default 64)")
     parser.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding")
-    parser.add_argument("--temperature", type=float, default=1.0)
-    parser.add_argument("--top-k", type=int, default=0, help="0: no top-k filter")
-    parser.add_argument("--top-p", type=float, default=1.0)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--temperature", type=arguments.positive_float, default=1.0)
+    parser.add_argument("--top-k", type=arguments.non_negative_int, default=0,
+                        help="0 (or the vocabulary size or more): no top-k filter")
+    parser.add_argument("--top-p", type=arguments.probability, default=1.0, help="in (0, 1]; 1: no top-p filter")
+    parser.add_argument("--seed", type=arguments.seed, default=0)
 
 
 def sampling_kwargs(args):
-    if args.max_new_tokens < 1:
-        raise UsageError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
     return dict(
         max_new_tokens=args.max_new_tokens, do_sample=args.do_sample, temperature=args.temperature,
         top_k=args.top_k, top_p=args.top_p, seed=args.seed,
     )
 
 
-def load_tokenizer(checkpoint):
-    """The checkpoint's tokenizer.model, else the embedded Mistral v0.1 tokenizer."""
+def load_tokenizer(checkpoint, vocab_size=None):
+    """The checkpoint's tokenizer.model, else the embedded Mistral v0.1 tokenizer.
+
+    `vocab_size`: the model's; a tokenizer with more pieces (ids the model has no row for) is
+    refused with a ValueError that says which tokenizer it was and what to do.
+    """
     from tf_mistral.tokenizer import MistralTokenizer
 
-    has_file = checkpoint and os.path.exists(os.path.join(checkpoint, "tokenizer.model"))
+    has_file = bool(checkpoint) and os.path.exists(os.path.join(checkpoint, "tokenizer.model"))
     with silenced_stderr():  # sentencepiece's "precompiled_charsmap is empty" line
-        return MistralTokenizer.from_pretrained(checkpoint if has_file else None)
+        tokenizer = MistralTokenizer.from_pretrained(checkpoint if has_file else None)
+    if vocab_size is not None and tokenizer.vocab_size > vocab_size:
+        raise ValueError(_tokenizer_mismatch(checkpoint, has_file, tokenizer.vocab_size, vocab_size))
+    return tokenizer
 
 
-def load_model(model_class, checkpoint, dtype):
+def _tokenizer_mismatch(checkpoint, has_file, pieces, vocab_size):
+    """The message for a tokenizer of `pieces` pieces and a model of `vocab_size` ids."""
+    if has_file:
+        path = os.path.join(checkpoint, "tokenizer.model")
+        source, fix = path, f"is it another model's? put this model's own tokenizer.model in {checkpoint}"
+    elif checkpoint:
+        source = f"the default Mistral v0.1: {checkpoint} has no tokenizer.model"
+        fix = f"put the model's tokenizer.model in {checkpoint}"
+    else:
+        source = "the default Mistral v0.1: no --checkpoint given"
+        fix = "pass --checkpoint DIR, a folder holding the model's tokenizer.model"
+    return f"the model's vocabulary has {vocab_size} ids but the tokenizer ({source}) has {pieces} pieces: {fix}"
+
+
+def load_checkpoint(model_class, checkpoint, dtype):
+    """(tokenizer, model) of a checkpoint folder. The tokenizer comes first, checked against the
+    vocab_size of config.json, so that one that does not fit fails before the weights load."""
+    from tf_mistral.config import MistralConfig
+
     if not checkpoint:
         raise UsageError("--checkpoint DIR is required (a Hugging Face Mistral folder)")
-    return model_class.from_pretrained(checkpoint, dtype=dtype)
+    tokenizer = load_tokenizer(checkpoint, MistralConfig.from_json_file(checkpoint).vocab_size)
+    return tokenizer, model_class.from_pretrained(checkpoint, dtype=dtype)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -158,7 +185,8 @@ def info_flags(p):
     add_checkpoint_flag(p)
     p.add_argument("--preset", help="e.g. mistral_7b_v0.1, mistral_7b_instruct_v0.2, mistral_7b_v0.3")
     p.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16", "int8", "int4"])
-    p.add_argument("--max-length", type=int, default=4096, help="tokens of context for the cache estimate")
+    p.add_argument("--max-length", type=arguments.positive_int, default=4096,
+                   help="tokens of context for the cache estimate")
 
 
 @verb("info", info_flags, "show a checkpoint's or preset's config, parameter count and memory needs", tensorflow=False)
@@ -201,7 +229,7 @@ def convert_flags(p):
 def convert(args):
     from tf_mistral import TFMistralForCausalLM
 
-    model = load_model(TFMistralForCausalLM, args.checkpoint, args.dtype)
+    model = TFMistralForCausalLM.from_pretrained(args.checkpoint, dtype=args.dtype)
     # The whole model is in memory before the save starts, and a save switches from the old
     # files to the new ones in one step: --output may be the --checkpoint folder itself.
     model.save_pretrained(args.output, max_shard_size=args.max_shard_size, dtype=args.dtype)
@@ -224,7 +252,7 @@ def generate_flags(p):
                          help="run an exported SavedModel (a version folder, or BASE/NAME: its highest version)")
     p.add_argument("--chat", action="store_true", help="wrap the prompt in the Mistral chat format")
     p.add_argument("--dtype", default=None, help="Keras dtype policy (default: the checkpoint's)")
-    p.add_argument("--threads", type=int, default=2, help="LiteRT interpreter threads (--tflite)")
+    p.add_argument("--threads", type=arguments.positive_int, default=2, help="LiteRT interpreter threads (--tflite)")
     add_sampling_flags(p)
 
 
@@ -243,21 +271,22 @@ def generate(args):
     sampling = sampling_kwargs(args)
     if not (args.checkpoint or args.tflite or args.saved_model):
         raise UsageError("give --checkpoint DIR (Keras), --tflite FILE or --saved-model DIR")
-    tokenizer = load_tokenizer(args.checkpoint)
     if args.tflite:
         from tf_mistral.export.tflite_runner import TFLiteRunner
 
         with silenced_stderr():  # LiteRT's accelerator registration lines
-            runtime = TFLiteRunner(args.tflite, num_threads=args.threads, tokenizer=tokenizer)
+            runtime = TFLiteRunner(args.tflite, num_threads=args.threads)
+        tokenizer = load_tokenizer(args.checkpoint, runtime.vocab_size)
         run = backends.tflite_generate
     elif args.saved_model:
         with silenced_stderr():  # sentencepiece's start-up line as the graph's tokenizer loads
             runtime = backends.load_saved_model(args.saved_model)
+        tokenizer = load_tokenizer(args.checkpoint)  # the signature checks the ids against its vocabulary
         run = backends.saved_model_generate
     else:
         from tf_mistral import TFMistralForCausalLM
 
-        runtime = load_model(TFMistralForCausalLM, args.checkpoint, args.dtype)
+        tokenizer, runtime = load_checkpoint(TFMistralForCausalLM, args.checkpoint, args.dtype)
         run = backends.keras_generate
     ids = prompt_ids(tokenizer, args.prompt, args.chat)
     if not args.chat:
@@ -279,8 +308,7 @@ def chat(args):
     from tf_mistral import TFMistralForCausalLM, backends
 
     sampling = sampling_kwargs(args)
-    tokenizer = load_tokenizer(args.checkpoint)
-    model = load_model(TFMistralForCausalLM, args.checkpoint, args.dtype)
+    tokenizer, model = load_checkpoint(TFMistralForCausalLM, args.checkpoint, args.dtype)
     messages = []
     if args.system:
         messages.append({"role": "system", "content": args.system})
@@ -311,8 +339,7 @@ def classify(args):
 
     from tf_mistral import TFMistralForSequenceClassification
 
-    tokenizer = load_tokenizer(args.checkpoint)
-    model = load_model(TFMistralForSequenceClassification, args.checkpoint, args.dtype)
+    tokenizer, model = load_checkpoint(TFMistralForSequenceClassification, args.checkpoint, args.dtype)
     batch = tokenizer(args.texts, return_tensors="np", padding=True)
     logits = np.asarray(model(batch["input_ids"], attention_mask=batch["attention_mask"]).logits, np.float32)
     probs = np.exp(logits - logits.max(-1, keepdims=True))
@@ -348,7 +375,7 @@ def export_tflite_flags(p):
     p.add_argument("--prefill-lengths", type=comma_separated_ints, metavar="N,N,...",
                    help=f"prefill signature lengths (default {','.join(map(str, DEFAULT_PREFILL_LENGTHS))}, "
                         "clipped to the cache)")
-    p.add_argument("--cache-length", type=int, default=1024,
+    p.add_argument("--cache-length", type=arguments.positive_int, default=1024,
                    help="KV cache slots (default 1024; a sliding window caps it)")
     p.add_argument("--litertlm", action="store_true", help="also write a LiteRT-LM bundle (.litertlm) beside it")
     p.add_argument("--tokenizer", metavar="PATH", help="tokenizer.model for the bundle (default: the checkpoint's)")
@@ -359,8 +386,6 @@ def export_tflite_flags(p):
 def export_tflite(args):
     from tf_mistral.export.tflite import export_tflite as export
 
-    if args.cache_length < 1:
-        raise UsageError(f"--cache-length must be at least 1, got {args.cache_length}")
     result = export(
         args.checkpoint, args.output, quantize=args.quantize, prefill_lengths=args.prefill_lengths,
         cache_length=args.cache_length, litertlm=args.litertlm, tokenizer=args.tokenizer,
@@ -415,12 +440,13 @@ def demo_flags(p):
 
     add_checkpoint_flag(p, help="run on these real weights instead of building a small model")
     p.add_argument("--output", metavar="DIR", default=demo.DEFAULT_OUTPUT, help=f"where files go (default {demo.DEFAULT_OUTPUT})")
-    p.add_argument("--steps", type=int, help=f"fine-tuning steps (default {demo.DEFAULT_STEPS} for the small model, "
-                                             "0 with --checkpoint; there LoRA is used)")
+    p.add_argument("--steps", type=arguments.non_negative_int,
+                   help=f"fine-tuning steps (default {demo.DEFAULT_STEPS} for the small model, "
+                        "0 with --checkpoint; there LoRA is used)")
     p.add_argument("--learning-rate", type=float, help="default 3e-3 (small model) or 1e-3 (LoRA)")
     p.add_argument("--text", metavar="FILE", help="training text (default: the opening of Alice's Adventures in Wonderland)")
     p.add_argument("--prompt", help="prompt for every runtime (default: the text's first words)")
-    p.add_argument("--max-new-tokens", type=int, default=demo.DEFAULT_NEW_TOKENS,
+    p.add_argument("--max-new-tokens", type=arguments.positive_int, default=demo.DEFAULT_NEW_TOKENS,
                    help=f"tokens each runtime generates (default {demo.DEFAULT_NEW_TOKENS})")
     p.add_argument("--quantize", default="int8", choices=["none", "fp16", "int8", "int4"],
                    help="TFLite variant to export and run (default int8)")
@@ -433,10 +459,6 @@ def demo_flags(p):
 def demo_verb(args):
     from tf_mistral import demo
 
-    if args.steps is not None and args.steps < 0:
-        raise UsageError(f"--steps must be 0 or more, got {args.steps}")
-    if args.max_new_tokens < 1:
-        raise UsageError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
     demo.run_demo(
         output=args.output, checkpoint=args.checkpoint, steps=args.steps, learning_rate=args.learning_rate,
         text_file=args.text, prompt=args.prompt, max_new_tokens=args.max_new_tokens, quantize=args.quantize,

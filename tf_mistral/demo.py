@@ -228,10 +228,8 @@ def run_demo(
     else:
         report("building a small Mistral with the real Mistral v0.1 tokenizer")
         model = build_small_model()
-    tokenizer = load_tokenizer(checkpoint)  # its tokenizer.model, else Mistral v0.1's
     config = model.config
-    if tokenizer.vocab_size > config.vocab_size:
-        raise ValueError(f"the tokenizer has {tokenizer.vocab_size} pieces but the model only {config.vocab_size}")
+    tokenizer = load_tokenizer(checkpoint, config.vocab_size)  # its tokenizer.model, else Mistral v0.1's
     print(f"    {config.num_parameters() / 1e6:,.1f}M parameters: hidden {config.hidden_size}, "
           f"{config.num_hidden_layers} layers, {config.num_attention_heads} heads / {config.num_key_value_heads} KV heads, "
           f"sliding window {config.sliding_window}, vocab {config.vocab_size}; {model.dtype_policy.name}", flush=True)

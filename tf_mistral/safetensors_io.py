@@ -20,7 +20,7 @@ import ml_dtypes
 import numpy as np
 from tqdm.auto import tqdm
 
-from tf_mistral.atomic import remove, write_json
+from tf_mistral.atomic import pid_alive, remove, write_json
 
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
@@ -236,16 +236,6 @@ def _write_file(path, entries, metadata, bar):
         raise
 
 
-def _pid_alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def remove_leftovers(directory):
     """Removes the temporary files (`NAME.tmp-PID`, `NAME.link-PID`) that saves killed before
     they finished left in `directory`, unless the live index still names them or their process
@@ -260,7 +250,7 @@ def remove_leftovers(directory):
             live = set()
     for file_name in os.listdir(directory):
         match = _LEFTOVER.fullmatch(file_name)
-        if match and file_name not in live and not _pid_alive(int(match["pid"])):
+        if match and file_name not in live and not pid_alive(int(match["pid"])):
             remove(os.path.join(directory, file_name))
 
 

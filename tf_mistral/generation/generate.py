@@ -12,7 +12,7 @@ import tensorflow as tf
 
 from tf_mistral import cache as kv_cache
 from tf_mistral.generation import loop
-from tf_mistral.generation.sampling import SamplingMode, validate_sampling
+from tf_mistral.generation.sampling import SamplingMode, validate_sampling, validate_seed
 
 
 def prompt_bucket(length):
@@ -41,6 +41,18 @@ def as_int_matrix(value, name):
     if array.ndim != 2 or not np.issubdtype(array.dtype, np.integer) and array.size:
         raise ValueError(f"{name} must be integer ids of shape [batch, length], got {array.dtype} {array.shape}")
     return array.astype(np.int32)
+
+
+def check_attention_mask(attention_mask):
+    """Raises ValueError unless the int `[batch, length]` mask holds only 0 (padding) and 1 (token):
+    `generate` counts a row's ones to place its padding, so another value would misplace it (the
+    SavedModel reads any non-zero value as 1)."""
+    bad = attention_mask[(attention_mask != 0) & (attention_mask != 1)]
+    if bad.size:
+        raise ValueError(
+            f"attention_mask must hold only 0 (padding) and 1 (token), got {bad[0]}: pass a 0/1 mask "
+            "(e.g. `(mask != 0).astype(int)`)"
+        )
 
 
 def left_align(input_ids, attention_mask, pad_token_id):
@@ -76,10 +88,11 @@ class GenerationMixin:
 
         Args:
             input_ids: int `[batch, prompt]` (list, numpy or tensor); rows padded on either side.
-            attention_mask: `[batch, prompt]`, 0 for padding; None: no padding.
+            attention_mask: `[batch, prompt]`, 0 for padding and 1 for tokens; None: no padding.
             max_new_tokens: new tokens per row (default 20, like HF); or `max_length`, the total.
             do_sample, temperature, top_k, top_p: greedy, or sampling with these filters.
-            seed: int; the same seed and inputs give the same tokens. None: a random seed.
+            seed: int in [-2**31, 2**31); the same seed and inputs give the same tokens. None: a
+                random seed.
             eos_token_id: int or list ending a row (default: the config's).
             pad_token_id: what a finished row emits (default: config pad, else the first eos).
             streamer: an object with `put(token_ids [batch])` and `end()` (e.g. `TextStreamer`),
@@ -101,6 +114,7 @@ class GenerationMixin:
         )
         if attention_mask.shape != input_ids.shape:
             raise ValueError(f"attention_mask has shape {attention_mask.shape} but input_ids {input_ids.shape}")
+        check_attention_mask(attention_mask)
         real_lengths = attention_mask.sum(axis=1)
         if (real_lengths == 0).any():
             raise ValueError(f"rows {np.flatnonzero(real_lengths == 0).tolist()} are all padding: nothing to continue")
@@ -128,6 +142,7 @@ class GenerationMixin:
             pad_token_id = self.config.pad_token_id if self.config.pad_token_id is not None else (eos[0] if eos else 0)
         if seed is None:
             seed = int(np.random.randint(0, 2**31 - 1))
+        validate_seed(seed)
 
         padded_left = (np.diff(attention_mask, axis=1) >= 0).all()
         ids, mask = (input_ids, attention_mask) if padded_left else left_align(input_ids, attention_mask, pad_token_id)

@@ -7,8 +7,12 @@ numbers under XLA than without it, so the same seed samples differently in an XL
 """
 
 import dataclasses
+import math
+import numbers
 
 import tensorflow as tf
+
+from tf_mistral.arguments import SEEDS
 
 RUNTIME = -1  # a `SamplingMode` field decided by tensors at run time (SavedModel signatures)
 
@@ -18,9 +22,9 @@ class SamplingMode:
     """The parts of sampling that change the traced graph (the rest are tensors).
 
     do_sample: False for greedy, True to sample, or `RUNTIME`: sample when the `temperature`
-    tensor is > 0, else greedy. top_k: 0 for no top-k filter, k > 0 for a fixed k, or `RUNTIME`:
-    k is the `top_k` tensor (0 or >= vocab: no filter). top_p: whether a top-p filter runs (its
-    threshold is a tensor).
+    tensor is > 0, else greedy. top_k: 0 for no top-k filter, k > 0 for a fixed k (>= vocab: no
+    filter), or `RUNTIME`: k is the `top_k` tensor (0 or >= vocab: no filter). top_p: whether a
+    top-p filter runs (its threshold is a tensor).
     """
 
     do_sample: bool = False
@@ -29,15 +33,26 @@ class SamplingMode:
 
 
 def validate_sampling(do_sample, temperature, top_k, top_p):
-    """Raises ValueError for sampling values that would give garbage."""
+    """Raises ValueError for sampling values that would give garbage (NaN and infinity included)."""
     if not isinstance(do_sample, bool):
         raise ValueError(f"do_sample must be True or False, got {do_sample!r}")
-    if not (isinstance(temperature, (int, float)) and temperature > 0):
-        raise ValueError(f"temperature must be > 0, got {temperature!r} (for greedy decoding use do_sample=False)")
+    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
+        raise ValueError(
+            f"temperature must be a finite number > 0, got {temperature!r} (for greedy decoding use do_sample=False)"
+        )
     if top_k is not None and (not isinstance(top_k, int) or top_k < 0):
         raise ValueError(f"top_k must be a non-negative integer or None, got {top_k!r}")
     if not (isinstance(top_p, (int, float)) and 0 < top_p <= 1):
         raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
+
+
+def validate_seed(seed):
+    """Raises ValueError for a seed that is not an integer in `SEEDS` (the RNG would wrap it)."""
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or int(seed) not in SEEDS:
+        raise ValueError(
+            f"seed must be an integer in [{SEEDS.start}, {SEEDS.stop - 1}] (the int32 key of TensorFlow's "
+            f"stateless RNG), got {seed!r}"
+        )
 
 
 def next_tokens(logits, mode, temperature, top_p, seed, step, top_k=0):
@@ -86,9 +101,11 @@ def _sample(logits, mode, temperature, top_p, seed, step, top_k):
 
 
 def _kth_largest(logits, k):
-    """float32 `[batch, 1]`: each row's k-th largest logit. `k` is a Python int, or an int32 scalar
-    tensor for which 0 or >= vocab means no filter (-inf); a tensor k is read from a full sort, as
-    XLA needs static shapes (`top_k` with a tensor k has a dynamic one)."""
+    """float32 `[batch, 1]`: each row's k-th largest logit, -inf (no filter) when k >= vocab. `k` is
+    a Python int > 0, or an int32 scalar tensor for which 0 also means no filter; a tensor k is read
+    from a full sort, as XLA needs static shapes (`top_k` with a tensor k has a dynamic one)."""
+    if isinstance(k, int) and k >= logits.shape[-1]:
+        return tf.fill([tf.shape(logits)[0], 1], -float("inf"))
     if isinstance(k, int):
         return tf.math.top_k(logits, k=k).values[:, -1:]
     vocab = tf.shape(logits)[-1]
