@@ -45,17 +45,11 @@ from tf_mistral.config import MistralConfig
 from tf_mistral.export import tflite_assembly
 from tf_mistral.export.progress import Progress, peak_rss_gb
 from tf_mistral.export.tflite_runner import weight_cache_path, write_sidecar
-from tf_mistral.export.tflite_weights import (
-    INT4_BLOCK_SIZE,
-    QUANTIZE_OPTIONS,
-    WEIGHT_INPUT_PREFIX,
-    norm_names,
-    weight_plan,
-)
+from tf_mistral.export.tflite_options import DEFAULT_PREFILL_LENGTHS, INT4_BLOCK_SIZE, QUANTIZE_OPTIONS
+from tf_mistral.export.tflite_weights import WEIGHT_INPUT_PREFIX, norm_names, weight_plan
 from tf_mistral.models.causal_lm import TFMistralForCausalLM
 from tf_mistral.safetensors_io import CheckpointError, open_checkpoint
 
-DEFAULT_PREFILL_LENGTHS = (32, 128, 512)
 _ENCODING = {
     "none": "float32 weights",
     "fp16": "float16 weights",

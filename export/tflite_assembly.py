@@ -23,7 +23,8 @@ from tqdm.auto import tqdm
 
 from tf_mistral.export import flatbuffer_edit as edit
 from tf_mistral.export import tflite_weights as weights_mod
-from tf_mistral.export.tflite_weights import EMBEDDING, INT4_BLOCK_SIZE, WEIGHT_INPUT_PREFIX
+from tf_mistral.export.tflite_options import INT4_BLOCK_SIZE
+from tf_mistral.export.tflite_weights import EMBEDDING, WEIGHT_INPUT_PREFIX
 
 _ALIGN = 64
 
@@ -160,7 +161,7 @@ def write_model(converted, plan, quantize, read, output, progress=True):
     Args:
         converted: flatbuffer bytes from the TF converter, with an input per weight (`Weight.input_name`).
         plan: `[tflite_weights.Weight]`, the weights the graph takes.
-        quantize: one of `tflite_weights.QUANTIZE_OPTIONS`.
+        quantize: one of `tflite_options.QUANTIZE_OPTIONS`.
         read: `read(hf_name)` -> the checkpoint tensor as a numpy array (any float dtype).
         output: the file to write.
         progress: a byte progress bar over the weights.

@@ -28,8 +28,8 @@ import dataclasses
 import ml_dtypes
 import numpy as np
 
-QUANTIZE_OPTIONS = ("none", "fp16", "int8", "int4")
-INT4_BLOCK_SIZE = 32
+from tf_mistral.export.tflite_options import INT4_BLOCK_SIZE
+
 EMBEDDING = "model.embed_tokens.weight"
 WEIGHT_INPUT_PREFIX = "weight_"  # the graph inputs that carry weights: weight_model_layers_0_mlp_up_proj_weight
 

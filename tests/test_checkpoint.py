@@ -20,7 +20,8 @@ from tf_mistral import (
     TFMistralModel,
 )
 from tf_mistral import checkpoint
-from tf_mistral.safetensors_io import INDEX_FILE, SINGLE_FILE, CheckpointError, parse_size
+from tf_mistral.arguments import parse_size
+from tf_mistral.safetensors_io import INDEX_FILE, SINGLE_FILE, CheckpointError
 
 K_PROJ = "model.layers.0.self_attn.k_proj.weight"
 

@@ -1,5 +1,6 @@
 """argparse types for the numbers the command line takes (`tf_mistral.cli` and the exporters'
-`add_arguments`): counts, lengths, versions, sampling knobs.
+`add_arguments`): counts, lengths, versions, sampling knobs, sizes, length lists; and
+`parse_size`, which `save_pretrained` uses too.
 
 Each parses one flag value or raises `argparse.ArgumentTypeError` saying what it expected and
 what it got; argparse then prints `argument --FLAG: MESSAGE` and exits with code 2 (a command
@@ -8,6 +9,7 @@ line error), before any work starts. Standard library only.
 
 import argparse
 import math
+import re
 
 SEEDS = range(-2**31, 2**31)  # every runtime's RNG key is int32: a seed outside would wrap onto one inside
 
@@ -48,3 +50,37 @@ def seed(text):
     return _checked(int, text, lambda value: value in SEEDS,
                     f"an integer in [{SEEDS.start}, {SEEDS.stop - 1}] (the RNG's int32 key)")
 
+
+def parse_size(size):
+    """Bytes from a positive int or a string such as "5GB", "100MB", "500KB", "2GiB"."""
+    if isinstance(size, int) and not isinstance(size, bool):
+        number = size
+    else:
+        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMG]i?B|B)?\s*", str(size), re.IGNORECASE)
+        if not match:
+            raise ValueError(f"cannot read a size from {size!r}; write e.g. '5GB' or '500MB'")
+        units = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
+        number = int(float(match.group(1)) * units[(match.group(2) or "B").lower()])
+    if number <= 0:
+        raise ValueError(f"a size must be positive, got {size!r}")
+    return number
+
+
+def shard_size(text):
+    """argparse type: a size such as "5GB" or "500MB", checked, returned as given."""
+    try:
+        parse_size(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text
+
+
+def comma_separated_ints(text):
+    """argparse type: "32,128,512" -> [32, 128, 512]."""
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 32,128,512, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers like 32,128,512, got {text!r}")
+    return values

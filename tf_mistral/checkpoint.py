@@ -20,7 +20,8 @@ import numpy as np
 import tensorflow as tf
 from tqdm.auto import tqdm
 
-from tf_mistral.safetensors_io import CheckpointError, TensorEntry, open_checkpoint, parse_size, write_checkpoint
+from tf_mistral.arguments import parse_size
+from tf_mistral.safetensors_io import CheckpointError, TensorEntry, open_checkpoint, write_checkpoint
 
 _BLOCK_BYTES = 16 * 2**20  # rows read and assigned at once while loading
 # Head weights that a checkpoint of another head type carries; HF skips them silently too.

@@ -22,7 +22,6 @@ import os
 import sys
 
 from tf_mistral import arguments
-from tf_mistral.safetensors_io import parse_size
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -85,26 +84,6 @@ def human_size(count):
     if unit == "B":
         return f"{int(count)} B"
     return f"{count:.2f} {unit}" if count < 100 else f"{count:.1f} {unit}"
-
-
-def shard_size(text):
-    """argparse type: a size such as "5GB" or "500MB", checked, returned as given."""
-    try:
-        parse_size(text)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
-    return text
-
-
-def comma_separated_ints(text):
-    """argparse type: "32,128,512" -> [32, 128, 512]."""
-    try:
-        values = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 32,128,512, got {text!r}") from None
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive integers like 32,128,512, got {text!r}")
-    return values
 
 
 # ----------------------------------------------------------------------------------------------
@@ -222,7 +201,7 @@ def convert_flags(p):
     add_checkpoint_flag(p, required=True)
     p.add_argument("--output", metavar="DIR", required=True)
     p.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"])
-    p.add_argument("--max-shard-size", default="5GB", type=shard_size, help="largest shard (default 5GB)")
+    p.add_argument("--max-shard-size", default="5GB", type=arguments.shard_size, help="largest shard (default 5GB)")
 
 
 @verb("convert", convert_flags, "rewrite a checkpoint in another dtype and/or shard size (HF layout)")
@@ -364,7 +343,7 @@ def export_saved_model(args):
 
 
 def export_tflite_flags(p):
-    from tf_mistral.export.tflite import DEFAULT_PREFILL_LENGTHS, QUANTIZE_OPTIONS
+    from tf_mistral.export.tflite_options import DEFAULT_PREFILL_LENGTHS, QUANTIZE_OPTIONS
 
     p.add_argument("--checkpoint", metavar="DIR", required=True, help="Hugging Face checkpoint folder (a causal LM)")
     p.add_argument("--output", metavar="FILE", required=True, help="the .tflite file to write")
@@ -372,7 +351,7 @@ def export_tflite_flags(p):
                    help="none: float32; fp16: float16 weights; int8: int8 weights (per-row scales); int4: int4 "
                         "weights in blocks of 32. Written one tensor at a time: a 7B export needs a few GB. "
                         "Default none")
-    p.add_argument("--prefill-lengths", type=comma_separated_ints, metavar="N,N,...",
+    p.add_argument("--prefill-lengths", type=arguments.comma_separated_ints, metavar="N,N,...",
                    help=f"prefill signature lengths (default {','.join(map(str, DEFAULT_PREFILL_LENGTHS))}, "
                         "clipped to the cache)")
     p.add_argument("--cache-length", type=arguments.positive_int, default=1024,

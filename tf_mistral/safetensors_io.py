@@ -20,6 +20,7 @@ import ml_dtypes
 import numpy as np
 from tqdm.auto import tqdm
 
+from tf_mistral.arguments import parse_size
 from tf_mistral.atomic import pid_alive, remove, write_json
 
 INDEX_FILE = "model.safetensors.index.json"
@@ -169,21 +170,6 @@ def _check_one_save(directory, save_id, files):
 
 # ----------------------------------------------------------------------------------------------
 # Writing
-
-
-def parse_size(size):
-    """Bytes from a positive int or a string such as "5GB", "100MB", "500KB", "2GiB"."""
-    if isinstance(size, int) and not isinstance(size, bool):
-        number = size
-    else:
-        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMG]i?B|B)?\s*", str(size), re.IGNORECASE)
-        if not match:
-            raise ValueError(f"cannot read a size from {size!r}; write e.g. '5GB' or '500MB'")
-        units = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
-        number = int(float(match.group(1)) * units[(match.group(2) or "B").lower()])
-    if number <= 0:
-        raise ValueError(f"a size must be positive, got {size!r}")
-    return number
 
 
 class TensorEntry:
