@@ -6,7 +6,7 @@ it as `from tf_mistral.export import tflite`. Nothing is imported here, so that 
 module (e.g. `tflite_runner`, which needs LiteRT but not TensorFlow) does not load the others.
 
     saved_model.py, serving_signatures.py, serving_rest.py   TF Serving export and requests
-    tflite.py, tflite_weights.py, tflite_assembly.py,
-    flatbuffer_edit.py                                       TFLite export (weights streamed)
+    tflite.py, tflite_options.py, tflite_weights.py,
+    tflite_assembly.py, flatbuffer_edit.py                   TFLite export (weights streamed)
     tflite_runner.py, litertlm.py                            running .tflite / .litertlm files
 """
