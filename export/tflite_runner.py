@@ -4,8 +4,13 @@ Memory: the file is mapped, not read, and XNNPACK packs each weight once into a 
 (`<model>.xnnpack_cache`, or one in the temp folder when the model's folder is read-only) that
 every signature shares and that later loads map instead of packing again. (LiteRT's interpreter
 packs the weights once per signature: four copies for `prefill_32/128/512` + `decode`.) The KV
-cache lives in two sets of 64-byte-aligned host buffers (`KVCache`) that a signature reads and
-writes in turn, so a step copies no cache tensor.
+cache lives in 64-byte-aligned host buffers (`KVCache`). `decode` runs in place: its
+`kv_cache_*` inputs and outputs are bound to the same buffers, which the graph allows because a
+cache input's only reader is the DYNAMIC_UPDATE_SLICE that writes the new token into it (see
+`tf_mistral.cache.writes_first`), and TFLite's kernel then writes that one slot instead of
+copying the cache (at 7B with 1024 slots, 268 MB per step). A `prefill_{N}` signature still
+attends to the cache as it was while it writes the chunk, so it reads one set of buffers and
+writes the other, and the written set becomes current; no cache tensor is copied.
 
 Generation, batch 1:
 1. Prefill all prompt tokens but the last through the `prefill_{N}` signatures. A remainder of r
@@ -63,10 +68,10 @@ def plan_prefill(count, lengths):
 
 class KVCache(Mapping):
     """A runner's KV cache, in LiteRT tensor buffers: two sets of `kv_cache_k_i` / `kv_cache_v_i`
-    buffers, of which a signature reads one and writes the other, then `swap` makes the written
-    set current; no cache tensor is copied between steps. Reads as `{kv_cache_k_i: [1, KVH, T, Dh],
-    kv_cache_v_i: [1, KVH, Dh, T]}` float32 arrays (copies of the current state). Updated in place
-    by the runner."""
+    buffers. `decode` reads and writes the current set in place; a prefill reads it and writes the
+    other, then `swap` makes the written set current; no cache tensor is copied between steps.
+    Reads as `{kv_cache_k_i: [1, KVH, T, Dh], kv_cache_v_i: [1, KVH, Dh, T]}` float32 arrays
+    (copies of the current state). Updated in place by the runner."""
 
     def __init__(self, shapes, make_buffer):
         self._shapes = dict(shapes)
@@ -90,7 +95,7 @@ class KVCache(Mapping):
             self._buffers[self._current][name].write(np.asarray(array, np.float32))
 
     def buffers(self):
-        """`(current buffers, the other set)`: a signature's cache inputs and outputs."""
+        """`(current buffers, the other set)`: a prefill's cache inputs and outputs."""
         return self._buffers[self._current], self._buffers[1 - self._current]
 
     def swap(self):
@@ -189,11 +194,11 @@ class TFLiteRunner:
         ids["tokens"].write(np.asarray(tokens, np.int32))
         ids["input_pos"].write(np.asarray(positions, np.int32))
         inputs, outputs = cache.buffers()
-        outputs = dict(outputs)
-        if signature == "decode":
-            outputs["logits"] = self._logits
-        self.model.run_by_name(signature, {**inputs, **ids}, outputs)
-        cache.swap()
+        if signature == "decode":  # in place (see the module doc)
+            self.model.run_by_name(signature, {**inputs, **ids}, {**inputs, "logits": self._logits})
+        else:
+            self.model.run_by_name(signature, {**inputs, **ids}, dict(outputs))
+            cache.swap()
         return cache
 
     def prefill(self, tokens, cache, start):
