@@ -14,6 +14,7 @@ from tf_mistral.tokenizer import MistralTokenizer
 from tf_mistral.training import ResumableBackup, causal_lm_dataset, lora
 
 EPOCHS = 2
+SEQUENCE_LENGTH, BATCH_SIZE = 32, 2
 WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa".split()
 
 
@@ -58,12 +59,17 @@ def new_model(with_lora):
     return model
 
 
+def packed_data(documents, tok, epoch):
+    """The packed batches of the run, each epoch in an order that depends on `epoch` only."""
+    data = causal_lm_dataset(documents, tok, SEQUENCE_LENGTH, BATCH_SIZE, seed=7, epoch=epoch)
+    return data.map(lambda b: {k: tf.where(v > 0, v % 1000, v) for k, v in b.items()})  # the fixture's vocabulary
+
+
 def train(backup_dir, documents, tok, with_lora=False, callbacks=()):
     """One `fit` call as a training script makes it: model, backup, data, fit."""
     model = new_model(with_lora)
     backup = ResumableBackup(str(backup_dir), save_freq=2)
-    data = causal_lm_dataset(documents, tok, sequence_length=32, batch_size=2, seed=7, epoch=backup.epoch)
-    data = data.map(lambda b: {k: tf.where(v > 0, v % 1000, v) for k, v in b.items()})  # the fixture's vocabulary
+    data = packed_data(documents, tok, backup.epoch)
     history = model.fit(backup.dataset(data), epochs=EPOCHS, callbacks=[backup, *callbacks], verbose=0)
     return model, history
 
@@ -83,16 +89,19 @@ def uninterrupted(documents, tok, tmp_path_factory):
     return run
 
 
-def assert_same_weights(a, b):
-    for x, y in zip(a.weights, b.weights):
+def assert_same_training(resumed, reference):
+    """The same optimizer steps (nothing lost, nothing repeated) and the same weights."""
+    assert int(resumed.optimizer.iterations.numpy()) == int(reference.optimizer.iterations.numpy())
+    for x, y in zip(resumed.weights, reference.weights):
         np.testing.assert_allclose(x.numpy(), y.numpy(), atol=2e-5, err_msg=x.path)
 
 
 @pytest.mark.parametrize("with_lora", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["full", "lora"])
 def test_interrupted_run_resumes_to_the_uninterrupted_weights(with_lora, documents, tok, uninterrupted, tmp_path):
     reference = uninterrupted(with_lora)
-    batches = int(reference.optimizer.iterations.numpy()) // EPOCHS
+    batches = int(packed_data(documents, tok, epoch=0).reduce(0, lambda count, _: count + 1))
     assert batches >= 6
+    assert int(reference.optimizer.iterations.numpy()) == EPOCHS * batches  # one optimizer step per batch
 
     backup_dir = tmp_path / "backup"
     with pytest.raises(Interrupt):
@@ -102,10 +111,9 @@ def test_interrupted_run_resumes_to_the_uninterrupted_weights(with_lora, documen
     resumed, resumed_history = train(backup_dir, documents, tok, with_lora)
 
     assert resumed_history.epoch == [1]  # epoch 0 was complete; epoch 1 restarted at its 4th batch
-    assert int(resumed.optimizer.iterations.numpy()) == EPOCHS * batches  # nothing lost, nothing repeated
     start = new_model(with_lora)
     assert max(np.abs(w.numpy() - s.numpy()).max() for w, s in zip(reference.weights, start.weights)) > 1e-2
-    assert_same_weights(resumed, reference)
+    assert_same_training(resumed, reference)
 
 
 @pytest.mark.slow
@@ -129,7 +137,7 @@ def test_a_crash_while_saving_keeps_the_previous_checkpoint(documents, tok, unin
     assert any(name.startswith("tmp-") for name in os.listdir(backup_dir))
     monkeypatch.setattr(safetensors_io, "write_tensors", write)
     resumed, _ = train(backup_dir, documents, tok)
-    assert_same_weights(resumed, reference)
+    assert_same_training(resumed, reference)
 
 
 def test_an_unreadable_newest_checkpoint_falls_back_to_the_previous(documents, tok, uninterrupted, tmp_path):
@@ -141,4 +149,4 @@ def test_an_unreadable_newest_checkpoint_falls_back_to_the_previous(documents, t
     state = backup_dir / newest / "state.safetensors"
     state.write_bytes(state.read_bytes()[:1000])  # a truncated file: disk full, bad sector
     resumed, _ = train(backup_dir, documents, tok)
-    assert_same_weights(resumed, reference)
+    assert_same_training(resumed, reference)

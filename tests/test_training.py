@@ -236,6 +236,20 @@ def test_rematerialized_decoder_gives_the_same_gradients():
 
 
 # ----------------------------------------------------------------------------------------------
+# What fit counts, skips, refuses and stops on
+
+
+def test_each_batch_of_a_dataset_of_unknown_length_is_one_optimizer_step():
+    rows = tf.data.Dataset.from_tensor_slices({"input_ids": random_ids((6, 12))})
+    data = rows.filter(lambda row: True).batch(2)  # like packing and bucketing: tf.data cannot count it
+    assert data.cardinality() == tf.data.UNKNOWN_CARDINALITY
+    model = fresh()
+    model.compile(optimizer=keras.optimizers.AdamW(1e-3))
+    model.fit(data, epochs=2, verbose=0)
+    assert int(model.optimizer.iterations.numpy()) == 2 * 3
+
+
+# ----------------------------------------------------------------------------------------------
 # It learns, and HF reads the result
 
 

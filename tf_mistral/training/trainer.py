@@ -147,6 +147,18 @@ class TrainingMixin:
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
         return super().compute_metrics(x, _labels(x, y), _logits(y_pred), sample_weight=sample_weight)
 
+    def train_step(self, data):
+        """Keras' train step, run only once its batch has arrived.
+
+        After the last batch of a dataset whose length tf.data cannot know (packing, bucketing,
+        `filter`), Keras calls the step once more and stops at the end-of-data error of its
+        `get_next`. Without the dependency, the optimizer's step counter (`iterations`, which no
+        batch value feeds) was incremented by that call: one step too many per epoch, which
+        shifts AdamW's bias correction and learning-rate schedules and made a resumed run differ.
+        """
+        with tf.control_dependencies(tf.nest.flatten(data)):
+            return super().train_step(data)
+
     def _labels_from_inputs(self, x):
         """A causal LM with no labels learns its inputs: the input ids, -100 where attention_mask is 0."""
         if self.training_task != "causal_lm":
