@@ -3,6 +3,7 @@
 Logical devices must be configured before TensorFlow initialises them, so the runs happen in a
 subprocess. The batches are padded unevenly, so the two replicas hold different numbers of
 labelled tokens: a per-replica mean would give another loss; the global normalisation must not.
+The last batch has no labelled token: both runs skip it (no optimizer step).
 """
 
 import json
@@ -28,11 +29,12 @@ SCRIPT = textwrap.dedent(
     from tf_mistral import TFMistralForCausalLM
 
     path, lora = sys.argv[1], sys.argv[2] == "lora"
-    ids = np.random.default_rng(0).integers(3, 1000, (8, 24)).astype("int32")
+    ids = np.random.default_rng(0).integers(3, 1000, (12, 24)).astype("int32")
     mask = np.ones_like(ids)
     mask[0, 6:] = 0
     mask[1, 10:] = 0  # replica 0 of the first batch holds far fewer real tokens than replica 1
     mask[6, 20:] = 0
+    mask[8:] = 0  # a batch of padding alone: nothing to learn
 
     def run(strategy):
         with strategy.scope():
@@ -44,7 +46,8 @@ SCRIPT = textwrap.dedent(
             model.compile(optimizer=keras.optimizers.AdamW(3e-3))
         data = tf.data.Dataset.from_tensor_slices({"input_ids": ids, "attention_mask": mask}).batch(4)
         history = model.fit(data, epochs=3, verbose=0).history
-        return history, [w.numpy().tolist() for w in model.trainable_weights], strategy.num_replicas_in_sync
+        weights = [w.numpy().tolist() for w in model.trainable_weights]
+        return history, weights, strategy.num_replicas_in_sync, int(model.optimizer.iterations.numpy())
 
     single = run(tf.distribute.get_strategy())
     mirrored = run(tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))
@@ -66,8 +69,9 @@ def run_both(lora):
 @pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
 def test_mirrored_strategy_on_two_devices_matches_one_device(lora):
     runs = run_both(lora)
-    (single, single_weights, one), (mirrored, mirrored_weights, two) = runs["single"], runs["mirrored"]
+    (single, single_weights, one, single_steps), (mirrored, mirrored_weights, two, mirrored_steps) = runs["single"], runs["mirrored"]
     assert (one, two) == (1, 2)
+    assert single_steps == mirrored_steps == 3 * 2  # the batch without labels is no step
     np.testing.assert_allclose(mirrored["loss"], single["loss"], rtol=1e-5)
     np.testing.assert_allclose(mirrored["perplexity"], single["perplexity"], rtol=1e-4)
     assert single["loss"][-1] < single["loss"][0]

@@ -18,7 +18,7 @@ from tf_mistral import (
     TFMistralForSequenceClassification,
     TFMistralForTokenClassification,
 )
-from tf_mistral.training import causal_lm_dataset, rematerialize
+from tf_mistral.training import causal_lm_dataset, causal_lm_loss, rematerialize
 
 WINDOW = fixture_path("tiny_window")
 
@@ -247,6 +247,54 @@ def test_each_batch_of_a_dataset_of_unknown_length_is_one_optimizer_step():
     model.compile(optimizer=keras.optimizers.AdamW(1e-3))
     model.fit(data, epochs=2, verbose=0)
     assert int(model.optimizer.iterations.numpy()) == 2 * 3
+
+
+def with_batch_without_labels(ids, at):
+    """`{"input_ids", "labels"}` of `ids`, with a batch of 2 rows whose labels are all -100 inserted at row `at`."""
+    empty = random_ids((2, ids.shape[1]), seed=9)
+    return {"input_ids": np.concatenate([ids[:at], empty, ids[at:]]),
+            "labels": np.concatenate([ids[:at], np.full_like(empty, -100), ids[at:]])}
+
+
+def test_a_batch_without_labels_changes_nothing_that_fit_trains_or_reports():
+    ids = random_ids((4, 12))
+
+    def train(x):
+        model = fresh()
+        model.compile(optimizer=keras.optimizers.AdamW(1e-2))  # weight decay and momentum move weights on a zero gradient
+        history = model.fit(x, batch_size=2, epochs=2, shuffle=False, verbose=0).history
+        return model, history
+
+    plain, plain_history = train({"input_ids": ids, "labels": ids})
+    padded, padded_history = train(with_batch_without_labels(ids, at=2))
+    assert int(padded.optimizer.iterations.numpy()) == int(plain.optimizer.iterations.numpy()) == 4
+    for a, b in zip(plain.weights + plain.optimizer.variables, padded.weights + padded.optimizer.variables):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-6, err_msg=a.path)
+    for name in ("loss", "perplexity", "accuracy", "tokens"):
+        np.testing.assert_allclose(padded_history[name], plain_history[name], rtol=1e-6, err_msg=name)
+    assert plain_history["tokens"] == [4 * 11, 4 * 11]  # per epoch: 4 rows of 11 predicted tokens
+
+
+def test_evaluate_leaves_a_batch_without_labels_out_of_the_loss():
+    model = fresh()
+    model.compile()
+    ids = random_ids((4, 12))
+    plain = model.evaluate({"input_ids": ids, "labels": ids}, batch_size=2, verbose=0, return_dict=True)
+    padded = model.evaluate(with_batch_without_labels(ids, at=2), batch_size=2, verbose=0, return_dict=True)
+    assert padded == pytest.approx(plain, rel=1e-6)
+
+
+def test_nothing_labelled_is_reported_as_nan_not_as_a_perfect_score():
+    model = fresh()
+    model.compile(optimizer=keras.optimizers.AdamW(1e-2))
+    start = [w.numpy() for w in model.weights]
+    ids = random_ids((2, 12))
+    history = model.fit({"input_ids": ids, "labels": np.full_like(ids, -100)}, verbose=0).history
+    assert np.isnan(history["loss"]).all() and np.isnan(history["perplexity"]).all()
+    assert history["tokens"] == [0]
+    assert int(model.optimizer.iterations.numpy()) == 0
+    assert all((w.numpy() == s).all() for w, s in zip(model.weights, start))
+    assert np.isnan(float(causal_lm_loss(np.full_like(ids, -100), model(ids).logits)))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -3,7 +3,8 @@
 Every head reduces to the same thing: a float32 negative log-likelihood per labelled position, the
 positions that count (labels != -100, as in HF transformers), and whether the arg-max was right.
 `TokenStatistics` carries the sums; the loss is `nll / weight` and the metrics (perplexity,
-accuracy) read the same sums, so the [batch, seq, vocab] softmax is computed once.
+accuracy) read the same sums, so the [batch, seq, vocab] softmax is computed once. A batch with no
+labelled position has no loss: `nll / weight` is 0 / 0, NaN.
 
 Logits arrive in the compute dtype (bf16 / fp16 under mixed precision) and are cast to float32
 before the softmax, so the loss is float32 under any dtype policy.
@@ -25,37 +26,6 @@ count: labelled positions (unweighted).
 """
 
 
-def _statistics(labels, logits, position_weight):
-    """labels: int [...]; logits: [..., classes]; position_weight: float32 [...] or None."""
-    labels = ops.cast(labels, "int32")
-    valid = ops.not_equal(labels, IGNORE_INDEX)
-    safe = ops.where(valid, labels, 0)
-    logits = ops.cast(logits, "float32")
-    nll = ops.sparse_categorical_crossentropy(safe, logits, from_logits=True)
-    weight = ops.cast(valid, "float32")
-    if position_weight is not None:
-        weight = weight * position_weight
-    correct = ops.logical_and(valid, ops.equal(ops.cast(ops.argmax(logits, axis=-1), "int32"), safe))
-    return TokenStatistics(
-        nll=ops.sum(ops.where(valid, nll, 0.0) * weight),
-        weight=ops.sum(weight),
-        correct=ops.sum(ops.cast(correct, "float32")),
-        count=ops.sum(ops.cast(valid, "float32")),
-    )
-
-
-def _class_and_sample_weight(labels, sample_weight, class_weight, rank):
-    """float32 weights broadcast to `labels` ([batch] or [batch, seq]), or None."""
-    weight = None
-    if class_weight is not None:
-        safe = ops.where(ops.equal(labels, IGNORE_INDEX), 0, ops.cast(labels, "int32"))
-        weight = ops.take(ops.convert_to_tensor(class_weight, "float32"), safe)
-    if sample_weight is not None:
-        sample_weight = ops.reshape(ops.cast(sample_weight, "float32"), (-1,) + (1,) * (rank - 1))
-        weight = sample_weight if weight is None else weight * sample_weight
-    return weight
-
-
 def shift_labels(labels):
     """Labels for next-token prediction: position t is scored on labels[t + 1] (the last on nothing).
 
@@ -66,43 +36,75 @@ def shift_labels(labels):
     return ops.concatenate([labels[:, 1:], ops.full_like(labels[:, :1], IGNORE_INDEX)], axis=1)
 
 
-def causal_lm_statistics(labels, logits, sample_weight=None, class_weight=None):
-    """Next-token statistics, as HF's `MistralForCausalLM(labels=...)`.
-
-    Args:
-        labels: int `[batch, seq]`, aligned with the inputs (HF convention: usually the input ids
-            themselves); the loss shifts them. -100 marks positions that are not predicted.
-        logits: `[batch, seq, vocab]`, any float dtype.
-        sample_weight: float `[batch]` per-sequence weights, or None.
-        class_weight: unused (accepted for a uniform signature).
-    """
-    del class_weight
-    shifted = shift_labels(labels)
-    return _statistics(shifted, logits, _class_and_sample_weight(shifted, sample_weight, None, 2))
+def _one_per_sequence(labels):
+    """int `[batch]` or `[batch, 1]` -> int32 `[batch]`."""
+    return ops.reshape(ops.cast(labels, "int32"), (-1,))
 
 
-def sequence_classification_statistics(labels, logits, sample_weight=None, class_weight=None):
-    """One label per sequence. labels: int `[batch]` (or `[batch, 1]`); logits: `[batch, classes]`;
-    class_weight: float `[classes]` or None; sample_weight: float `[batch]` or None."""
-    labels = ops.reshape(ops.cast(labels, "int32"), (-1,))
-    return _statistics(labels, logits, _class_and_sample_weight(labels, sample_weight, class_weight, 1))
+def _one_per_token(labels):
+    """int `[batch, seq]` -> int32 `[batch, seq]`."""
+    return ops.cast(labels, "int32")
 
 
-def token_classification_statistics(labels, logits, sample_weight=None, class_weight=None):
-    """One label per token, -100 ignored (padding, sub-word continuations). labels: int
-    `[batch, seq]`; logits: `[batch, seq, classes]`; class_weight: float `[classes]` or None."""
-    labels = ops.cast(labels, "int32")
-    return _statistics(labels, logits, _class_and_sample_weight(labels, sample_weight, class_weight, 2))
-
-
-STATISTICS = {
-    "causal_lm": causal_lm_statistics,
-    "sequence_classification": sequence_classification_statistics,
-    "token_classification": token_classification_statistics,
+# What each head scores each position on, from the labels it is given (HF's conventions):
+TARGETS = {
+    "causal_lm": shift_labels,  # labels aligned with the inputs, [batch, seq]; shifted here
+    "sequence_classification": _one_per_sequence,  # one class per sequence, [batch]
+    "token_classification": _one_per_token,  # one class per token, [batch, seq]
 }
 
 
+def label_weights(task, labels, sample_weight=None, class_weight=None):
+    """What each position of a batch counts for in the loss of the head `task` (a key of `TARGETS`).
+
+    Needs no logits, so a training step can tell a batch with nothing to learn before running it.
+
+    Args:
+        labels: int, as the head takes them; -100 marks positions that are not scored.
+        sample_weight: float `[batch]` per-sequence weights, or None.
+        class_weight: float `[classes]`, or None.
+
+    Returns:
+        (targets, weight): int32 targets and their float32 weights, both `[batch, seq]` (`[batch]`
+        for sequence classification): 0 where the target is -100, else
+        `class_weight[target] * sample_weight[row]` (1 without weights). `sum(weight)` is the
+        loss denominator.
+    """
+    targets = TARGETS[task](labels)
+    valid = ops.not_equal(targets, IGNORE_INDEX)
+    weight = ops.cast(valid, "float32")
+    if class_weight is not None:
+        weight = weight * ops.take(ops.convert_to_tensor(class_weight, "float32"), ops.where(valid, targets, 0))
+    if sample_weight is not None:
+        rows = ops.reshape(ops.cast(sample_weight, "float32"), (-1,) + (1,) * (len(targets.shape) - 1))
+        weight = weight * rows
+    return targets, weight
+
+
+def statistics(task, labels, logits, sample_weight=None, class_weight=None):
+    """The `TokenStatistics` of one batch for the head `task` (see `label_weights` for the
+    arguments); logits: `[batch, seq, classes]` (`[batch, classes]` for sequence classification),
+    any float dtype. The causal LM's are HF's `MistralForCausalLM(labels=...)`: logits at t
+    predict labels at t + 1."""
+    targets, weight = label_weights(task, labels, sample_weight, class_weight)
+    valid = ops.not_equal(targets, IGNORE_INDEX)
+    safe = ops.where(valid, targets, 0)
+    logits = ops.cast(logits, "float32")
+    nll = ops.sparse_categorical_crossentropy(safe, logits, from_logits=True)
+    correct = ops.logical_and(valid, ops.equal(ops.cast(ops.argmax(logits, axis=-1), "int32"), safe))
+    return TokenStatistics(
+        nll=ops.sum(ops.where(valid, nll, 0.0) * weight),
+        weight=ops.sum(weight),
+        correct=ops.sum(ops.cast(correct, "float32")),
+        count=ops.sum(ops.cast(valid, "float32")),
+    )
+
+
 def causal_lm_loss(labels, logits, sample_weight=None):
-    """Mean next-token cross-entropy over labelled positions, float32 scalar (HF's loss)."""
-    stats = causal_lm_statistics(labels, logits, sample_weight)
-    return stats.nll / ops.maximum(stats.weight, 1e-9)
+    """Mean next-token cross-entropy over labelled positions, float32 scalar (HF's loss).
+
+    NaN when no position is labelled: a mean over nothing (PyTorch's, hence HF's, is NaN too),
+    never a perfect 0. `fit` skips such batches instead (`training.trainer`).
+    """
+    stats = statistics("causal_lm", labels, logits, sample_weight)
+    return stats.nll / stats.weight

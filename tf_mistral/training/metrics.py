@@ -3,12 +3,16 @@
 import keras
 from keras import ops
 
+# The name of the count of labelled positions, per head: what the loss averages over.
+COUNTED = {"causal_lm": "tokens", "sequence_classification": "examples", "token_classification": "tokens"}
+
 
 class TokenRatio(keras.metrics.Metric):
     """`numerator / denominator` summed over an epoch (and over replicas); `exp` of it with
     `exponentiate` (perplexity = exp(mean token NLL)).
 
     `update_state(numerator, denominator)` takes float32 scalars, e.g. `stats.nll, stats.weight`.
+    The result is NaN while the denominator is 0 (no labelled position seen): not a perfect 0 or 1.
     """
 
     def __init__(self, name, exponentiate=False, **kwargs):
@@ -22,7 +26,7 @@ class TokenRatio(keras.metrics.Metric):
         self.denominator.assign_add(ops.cast(denominator, "float32"))
 
     def result(self):
-        ratio = self.numerator / ops.maximum(self.denominator, 1e-9)
+        ratio = ops.where(self.denominator > 0, self.numerator / self.denominator, float("nan"))
         return ops.exp(ratio) if self.exponentiate else ratio
 
     def get_config(self):
@@ -36,3 +40,10 @@ def default_metrics(task):
     if task == "causal_lm":
         return [(TokenRatio("perplexity", exponentiate=True), ("nll", "weight")), accuracy]
     return [accuracy]
+
+
+def labelled_count(task):
+    """The count of the labelled positions the loss averaged over in the epoch (`stats.count`),
+    summed over replicas: "tokens" ("examples" for sequence classification). 0 says that no batch
+    had a label: the loss is then reported as NaN (`training.trainer`)."""
+    return keras.metrics.Sum(COUNTED[task])

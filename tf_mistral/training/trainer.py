@@ -1,8 +1,8 @@
 """`compile()` / `fit()` defaults for the heads: no loss to write, labels from `y` or `x["labels"]`.
 
-The models' forward is untouched: this mixin only overrides Keras' `compute_loss`,
-`compute_metrics` and `metrics`, so `fit`, `evaluate`, mixed precision, gradient accumulation
-and `tf.distribute` strategies run through Keras' own train step.
+The models' forward is untouched: this mixin overrides Keras' `compute_loss`, `compute_metrics`
+and `metrics`, and wraps Keras' own train and test steps, so `fit`, `evaluate`, mixed precision,
+gradient accumulation and `tf.distribute` strategies run as in any Keras model.
 
 - Labels: `fit(x, y)` uses `y`; `fit({"input_ids", "attention_mask", "labels"})` reads
   `x["labels"]`; a causal LM given neither trains on its inputs (padding ignored).
@@ -11,31 +11,39 @@ and `tf.distribute` strategies run through Keras' own train step.
   the loss and gradients equal the single-device run's even when replicas hold different numbers
   of labelled tokens.
 - Metrics: perplexity and token accuracy (causal LM), accuracy (classifiers), from the same
-  statistics as the loss.
+  statistics as the loss, and the count of labelled positions the loss averaged over ("tokens";
+  "examples" for sequence classification).
+- A batch with no labelled position (all labels -100, or all weights 0) has nothing to learn and
+  no loss: with the default loss, `fit` skips it (no optimizer step, so AdamW's weight decay and
+  momentum do not move the weights; `iterations` unchanged) and `fit` / `evaluate` leave it out of
+  the loss and metrics. Until a labelled position is seen, `loss`, `perplexity` and `accuracy`
+  are NaN and the count 0, never a perfect score.
 - `compile(loss=...)` replaces the default; the loss then gets `(labels, logits)`.
 """
 
+import keras
 import numpy as np
 import tensorflow as tf
 from keras import ops
 
 from tf_mistral.checkpoint import numpy_dtype
 from tf_mistral.training import lora
-from tf_mistral.training.losses import IGNORE_INDEX, STATISTICS
-from tf_mistral.training.metrics import default_metrics
+from tf_mistral.training.losses import IGNORE_INDEX, label_weights, statistics
+from tf_mistral.training.metrics import default_metrics, labelled_count
 
 
 class _Defaults:
     """What `compile()` chose; a plain object so that Keras does not track it as state."""
 
-    def __init__(self, task, default_loss, metrics, class_weight):
+    def __init__(self, task, default_loss, metrics, counted, class_weight):
         self.task = task
         self.default_loss = default_loss
         self.metrics = metrics  # [(metric, (numerator field, denominator field))]
+        self.counted = counted  # the count of labelled positions (a Sum metric) with the default loss
         self.class_weight = class_weight
 
 
-def _labels(x, y):
+def _given_labels(x, y):
     if y is not None:
         return y
     if isinstance(x, dict):
@@ -53,6 +61,31 @@ def _global_sum(value):
     if context is None or context.num_replicas_in_sync == 1:
         return value
     return context.all_reduce(tf.distribute.ReduceOp.SUM, value)
+
+
+def _run_if(condition, function, *args):
+    """Runs `function(*args)` for its effects if `condition`, a bool scalar equal on every replica.
+
+    With several replicas the branch is taken in cross-replica context: the optimizer's update
+    synchronises the replicas (`merge_call`), which TensorFlow refuses inside a replica's `tf.cond`;
+    Keras' `LossScaleOptimizer` skips a step the same way.
+    """
+
+    def run():
+        function(*args)
+
+    context = tf.distribute.get_replica_context()
+    if context.num_replicas_in_sync == 1:
+        tf.cond(condition, run, lambda: None)
+        return
+
+    def cross_replica(strategy, condition, *args):
+        def run_on_each_replica():
+            strategy.extended.call_for_each_replica(function, args=args)
+
+        tf.cond(strategy.experimental_local_results(condition)[0], run_on_each_replica, lambda: None)
+
+    context.merge_call(cross_replica, args=(condition, *args))
 
 
 def class_weight_vector(class_weight, num_labels):
@@ -90,7 +123,7 @@ def _check_optimizer_precision(model):
 
 
 class TrainingMixin:
-    """Training defaults; each head sets `training_task` to a key of `losses.STATISTICS`."""
+    """Training defaults; each head sets `training_task` to a key of `losses.TARGETS`."""
 
     training_task = None
 
@@ -119,45 +152,79 @@ class TrainingMixin:
             self.training_task,
             default_loss=loss is None,
             metrics=default_metrics(self.training_task) if loss is None and metrics is None else [],
+            counted=labelled_count(self.training_task) if loss is None else None,
             class_weight=class_weight,
         )
 
     @property
     def metrics(self):
         defaults = getattr(self, "_training_defaults", None)
-        extra = [metric for metric, _ in defaults.metrics] if defaults is not None else []
-        return super().metrics + extra
+        if defaults is None:
+            return super().metrics
+        counted = [defaults.counted] if defaults.counted is not None else []
+        return super().metrics + [metric for metric, _ in defaults.metrics] + counted
+
+    def get_metrics_result(self):
+        """Keras' metric results; `loss` is NaN while the labelled-position count is 0 (every batch
+        so far skipped as empty), where Keras' mean over no batch would report a perfect 0."""
+        results = super().get_metrics_result()
+        defaults = getattr(self, "_training_defaults", None)
+        if defaults is not None and defaults.counted is not None:
+            results["loss"] = ops.where(defaults.counted.result() > 0, results["loss"], float("nan"))
+        return results
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        labels, logits = _labels(x, y), _logits(y_pred)
+        logits = _logits(y_pred)
         defaults = self._training_defaults
         if not defaults.default_loss:
-            return super().compute_loss(x, labels, logits, sample_weight, training=training)
-        if labels is None:
-            labels = self._labels_from_inputs(x)
-        stats = STATISTICS[defaults.task](labels, logits, sample_weight, defaults.class_weight)
+            return super().compute_loss(x, _given_labels(x, y), logits, sample_weight, training=training)
+        stats = statistics(defaults.task, self._labels(x, y), logits, sample_weight, defaults.class_weight)
         for metric, (numerator, denominator) in defaults.metrics:
             metric.update_state(getattr(stats, numerator), getattr(stats, denominator))
-        denominator = ops.maximum(ops.stop_gradient(_global_sum(stats.weight)), 1e-9)
-        loss = stats.nll / denominator  # this replica's share; the replicas' shares sum to the mean
+        defaults.counted.update_state(stats.count)
+        # This replica's share: the replicas' shares sum to the mean. NaN for a batch with no
+        # labelled position (0 / 0); the train and test steps skip those.
+        loss = stats.nll / ops.stop_gradient(_global_sum(stats.weight))
         for extra in self.losses:  # regularizers, add_loss (none by default)
             loss = loss + self._aggregate_additional_loss(extra)
         return loss
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
-        return super().compute_metrics(x, _labels(x, y), _logits(y_pred), sample_weight=sample_weight)
+        return super().compute_metrics(x, _given_labels(x, y), _logits(y_pred), sample_weight=sample_weight)
 
     def train_step(self, data):
-        """Keras' train step, run only once its batch has arrived.
+        """Keras' train step, run only once its batch has arrived, and only if it has labels.
 
         After the last batch of a dataset whose length tf.data cannot know (packing, bucketing,
         `filter`), Keras calls the step once more and stops at the end-of-data error of its
         `get_next`. Without the dependency, the optimizer's step counter (`iterations`, which no
         batch value feeds) was incremented by that call: one step too many per epoch, which
         shifts AdamW's bias correction and learning-rate schedules and made a resumed run differ.
+
+        With the default loss, a batch with no labelled position is skipped: no optimizer step.
         """
+        return self._step_if_labelled(super().train_step, data)
+
+    def test_step(self, data):
+        """Keras' test step; with the default loss, a batch with no labelled position is left out."""
+        return self._step_if_labelled(super().test_step, data)
+
+    def _step_if_labelled(self, step, data):
+        """`step(data)` (Keras' train or test step) once `data` has arrived; with the default loss,
+        only if the global batch has labelled positions (a loss denominator above 0). -> logs."""
+        defaults = self._training_defaults
         with tf.control_dependencies(tf.nest.flatten(data)):
-            return super().train_step(data)
+            if not defaults.default_loss:
+                return step(data)
+            x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+            _, weight = label_weights(defaults.task, self._labels(x, y), sample_weight, defaults.class_weight)
+            _run_if(_global_sum(ops.sum(weight)) > 0, step, data)
+        return self.get_metrics_result()
+
+    def _labels(self, x, y):
+        """The batch's labels: `y`, else `x["labels"]`, else (causal LM) the inputs themselves."""
+        labels = _given_labels(x, y)
+        return self._labels_from_inputs(x) if labels is None else labels
 
     def _labels_from_inputs(self, x):
         """A causal LM with no labels learns its inputs: the input ids, -100 where attention_mask is 0."""
