@@ -34,6 +34,7 @@ import time
 
 import numpy as np
 
+import runtimes
 from doc_section import replace_section
 
 from tf_mistral.demo import matching_prefix
@@ -64,44 +65,6 @@ PEERS_BY_DTYPE = {"bfloat16": ("ours", "ours_graph", "hf", "keras_hub"), "int8":
 
 # ----------------------------------------------------------------------------------------------
 # Child process: one runner, one case
-
-
-def make_ours(folder, dtype, jit_compile):
-    import tf_mistral
-
-    quantize = dtype == "int8"
-    model = tf_mistral.TFMistralForCausalLM.from_pretrained(
-        folder, dtype="float32" if quantize else dtype, progress=False
-    )
-    if quantize:
-        model.quantize("int8")
-
-    def generate(ids, new_tokens):
-        return model.generate(ids, max_new_tokens=new_tokens, eos_token_id=[], pad_token_id=0,
-                              jit_compile=jit_compile)
-
-    return generate
-
-
-def make_hf(folder, dtype):
-    import torch
-    import transformers
-
-    model = transformers.MistralForCausalLM.from_pretrained(
-        folder, dtype=torch.float32 if dtype == "int8" else getattr(torch, dtype)
-    ).eval()
-    if dtype == "int8":
-        model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
-    model.generation_config.eos_token_id = None
-
-    def generate(ids, new_tokens):
-        with torch.inference_mode():
-            ids = torch.from_numpy(ids).long()
-            out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
-                                 do_sample=False, pad_token_id=0)
-        return out.numpy()
-
-    return generate
 
 
 def make_keras_hub(folder, dtype, jit_compile=False):
@@ -159,9 +122,10 @@ def copy_into_keras_hub(backbone, tensors):
 def child(runner, folder, dtype, batch, prompt, lengths, repeats):
     start = time.perf_counter()
     if runner in ("ours", "ours_graph"):
-        generate = make_ours(folder, dtype, jit_compile=runner == "ours")
+        quantize = "int8" if dtype == "int8" else None
+        generate = runtimes.keras(folder, "float32" if quantize else dtype, quantize, jit_compile=runner == "ours")
     elif runner == "hf":
-        generate = make_hf(folder, dtype)
+        generate = runtimes.hf(folder, dtype)
     else:
         generate = make_keras_hub(folder, dtype, jit_compile=runner == "keras_hub_xla")
     load = time.perf_counter() - start

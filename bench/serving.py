@@ -32,6 +32,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from tflite import MODEL, make_checkpoint  # noqa: E402  (the shared 175M benchmark checkpoint)
 
+import runtimes
 from doc_section import replace_section
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -82,16 +83,14 @@ def _export_child(checkpoint, output, dtype, xla, tokenizer, max_length, queue):
 def _time_saved_model_child(path, queue):
     """Latency of `generate_text` through the SavedModel, with only TF + TF Text imported."""
     import tensorflow as tf
-    import tensorflow_text  # noqa: F401  (registers the tokenizer ops)
 
-    signature = tf.saved_model.load(path).signatures["generate_text"]
+    signature = runtimes.saved_model_signatures(path)["generate_text"]
     results = {}
     for batch in BATCHES:
         prompts = tf.constant(PROMPTS[:batch])
 
         def request(new_tokens):
-            knobs = dict(max_new_tokens=tf.constant(new_tokens), temperature=tf.constant(0.0),
-                         top_p=tf.constant(1.0), top_k=tf.constant(0), seed=tf.constant(0))
+            knobs = runtimes.greedy_knobs(new_tokens)
             started = time.perf_counter()
             out = signature(prompts=prompts, **knobs)
             return time.perf_counter() - started, out
