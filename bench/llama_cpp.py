@@ -13,7 +13,8 @@ the bf16 file is deleted afterwards (14.5 GB at 7B) unless `--keep-bf16`. Then `
 runs prompts of 32 and 512 tokens and 16 decode steps (one repetition after a warm-up) while
 holding the shared benchmark lock (don't wrap this script in `flock` too: it would wait on
 itself). One JSON line per type is printed and appended to `results.jsonl` in the workdir; peak
-RSS is llama-bench's own (`wait4`), mapped model pages included.
+RSS is llama-bench's own (`wait4`), mapped model pages included. `bench/scale.py run q8_0 q4_0`
+runs the same steps (`measure`) beside the other paths, in its own session and results file.
 """
 
 import argparse
@@ -32,6 +33,7 @@ import mistral_common
 LLAMA_CPP_PYTHON = "0.3.36"
 TOKENIZER = pathlib.Path(mistral_common.__file__).parent / "data" / "tokenizer.model.v1"
 LOCK = "/tmp/tf_mistral_bench.lock"
+WORKDIR = pathlib.Path("/tmp/tf_mistral_llama")
 TOOLS = ("llama-bench", "llama-quantize")
 
 
@@ -102,13 +104,15 @@ def gguf_files(workdir, source, binaries, checkpoint, types, keep_bf16):
     return paths
 
 
-def bench(binaries, path, threads):
-    """llama-bench under the shared lock: its JSON rows, peak RSS in GB, the 1-min load average before it
-    (other work on the 2 cores skews the figures) and the command."""
+def bench(binaries, path, threads, lock=True):
+    """llama-bench, under the shared lock unless the caller holds it (`lock=False`): its JSON rows,
+    peak RSS in GB, the 1-min load average before it (other work on the 2 cores skews the figures)
+    and the command."""
     command = [str(binaries / "llama-bench"), "-m", str(path), "-t", str(threads), "-p", "32,512",
                "-n", "16", "-r", "1", "-o", "json"]
-    with open(LOCK, "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with open(LOCK, "a") as lock_file:
+        if lock:
+            fcntl.flock(lock_file, fcntl.LOCK_EX)
         load_average = os.getloadavg()[0]
         print("+", shlex.join(command), file=sys.stderr, flush=True)
         process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
@@ -131,23 +135,32 @@ def summary(quantize, path, rows, peak_rss_gb, load_average, command):
                 command=command, date=time.strftime("%Y-%m-%d"))
 
 
+def measure(checkpoint, types, workdir=WORKDIR, threads=2, keep_bf16=False, lock=True):
+    """Builds llama.cpp and the GGUF files of `checkpoint` that are missing, then yields one result
+    row per llama-quantize type. `lock=False`: the caller holds the benchmark lock (bench/scale.py)."""
+    workdir, checkpoint = pathlib.Path(workdir).resolve(), pathlib.Path(checkpoint).resolve()
+    source = llama_cpp_source(workdir)
+    binaries = build_tools(workdir, source)
+    paths = gguf_files(workdir, source, binaries, checkpoint, types, keep_bf16)
+    for quantize, path in paths.items():
+        row = summary(quantize, path, *bench(binaries, path, threads, lock))
+        row.update(checkpoint=str(checkpoint))
+        yield row
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("types", nargs="*", default=["Q8_0", "Q4_0"], help="llama-quantize types")
     parser.add_argument("--checkpoint", required=True, type=pathlib.Path, help="a Hugging Face Mistral folder")
-    parser.add_argument("--workdir", default="/tmp/tf_mistral_llama", type=pathlib.Path)
+    parser.add_argument("--workdir", default=WORKDIR, type=pathlib.Path)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--keep-bf16", action="store_true", help="keep the bf16 GGUF after quantizing")
     args = parser.parse_args()
-    workdir, checkpoint = args.workdir.resolve(), args.checkpoint.resolve()
-    source = llama_cpp_source(workdir)
-    binaries = build_tools(workdir, source)
-    paths = gguf_files(workdir, source, binaries, checkpoint, args.types, args.keep_bf16)
-    for quantize, path in paths.items():
-        row = summary(quantize, path, *bench(binaries, path, args.threads))
-        row.update(checkpoint=str(checkpoint))
+    session = time.strftime("%Y-%m-%d %H:%M")
+    for row in measure(args.checkpoint, args.types, args.workdir, args.threads, args.keep_bf16):
+        row.update(session=session)
         print(json.dumps(row), flush=True)
-        with open(workdir / "results.jsonl", "a") as f:
+        with open(args.workdir / "results.jsonl", "a") as f:
             f.write(json.dumps(row) + "\n")
 
 
