@@ -16,13 +16,14 @@ def fixture_path(name):
 
 @pytest.fixture(scope="session")
 def reference():
-    """`reference("tiny_window")` -> the npz of HF transformers outputs for that checkpoint."""
+    """`reference("tiny_window")` -> the npz of HF transformers outputs for that checkpoint;
+    `reference("tiny_window", "call_reference")` -> another npz of that folder."""
     cache = {}
 
-    def load(name):
-        if name not in cache:
-            cache[name] = dict(np.load(os.path.join(FIXTURES, name, "reference.npz")))
-        return cache[name]
+    def load(name, file="reference"):
+        if (name, file) not in cache:
+            cache[name, file] = dict(np.load(os.path.join(FIXTURES, name, f"{file}.npz")))
+        return cache[name, file]
 
     return load
 

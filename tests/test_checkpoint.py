@@ -161,7 +161,7 @@ def test_config_overrides_apply_before_loading():
 def test_save_then_load_gives_identical_weights(causal_lm, tmp_path):
     model = causal_lm("tiny_window")
     model.save_pretrained(tmp_path, progress=False)
-    assert sorted(os.listdir(tmp_path)) == ["config.json", SINGLE_FILE]
+    assert sorted(os.listdir(tmp_path)) == ["config.json", "generation_config.json", SINGLE_FILE]
     assert_same_weights(load(tmp_path), model)
 
 
@@ -205,7 +205,7 @@ def test_resaving_unsharded_removes_stale_shards(causal_lm, tmp_path):
     model = causal_lm("tiny_window")
     model.save_pretrained(tmp_path, max_shard_size="100KB", progress=False)
     model.save_pretrained(tmp_path, progress=False)
-    assert sorted(os.listdir(tmp_path)) == ["config.json", SINGLE_FILE]
+    assert sorted(os.listdir(tmp_path)) == ["config.json", "generation_config.json", SINGLE_FILE]
 
 
 def test_bfloat16_save_writes_bf16_tensors_and_torch_dtype(causal_lm, tmp_path):

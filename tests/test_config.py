@@ -1,5 +1,6 @@
 """MistralConfig: both config.json forms in and out, presets, validation."""
 
+import dataclasses
 import json
 
 import pytest
@@ -185,9 +186,11 @@ def test_non_positive_rms_norm_eps_is_refused():
         MistralConfig(**TINY, rms_norm_eps=0.0)
 
 
-def test_unknown_field_is_named():
-    with pytest.raises(ValueError, match="num_experts"):
-        MistralConfig.from_dict(dict(HUB_V01, num_experts=8))
+def test_unknown_keys_are_kept_and_written_back():
+    config = MistralConfig.from_dict(dict(HUB_V01, num_experts=8, my_note="kept"))
+    assert config.extra == {"num_experts": 8, "my_note": "kept"}
+    assert config.to_dict()["num_experts"] == 8
+    assert MistralConfig.from_dict(config.to_dict()) == config
 
 
 def test_bookkeeping_fields_of_transformers_are_ignored():
@@ -247,8 +250,10 @@ def test_invalid_json_says_which_file(tmp_path):
 @pytest.mark.parametrize("hub", [HUB_V01, HUB_INSTRUCT_V02, HUB_V03])
 def test_reads_what_transformers_writes(hub):
     transformers = pytest.importorskip("transformers")
-    theirs = transformers.MistralConfig.from_dict(hub).to_dict()
-    assert MistralConfig.from_dict(theirs) == MistralConfig.from_dict(hub)
+    theirs = MistralConfig.from_dict(transformers.MistralConfig.from_dict(hub).to_dict())
+    ours = MistralConfig.from_dict(hub)
+    assert set(theirs.extra) >= set(ours.extra)  # transformers adds keys of its own
+    assert dataclasses.replace(theirs, extra={}) == dataclasses.replace(ours, extra={})
 
 
 @pytest.mark.torch
@@ -264,3 +269,39 @@ def test_transformers_reads_what_we_write(form, tmp_path):
     assert theirs.rope_parameters["rope_theta"] == 1e6
     assert str(theirs.dtype) == "torch.bfloat16"
     assert json.loads((tmp_path / "config.json").read_text())["architectures"] == ["MistralForCausalLM"]
+
+
+def test_setting_num_labels_resizes_id2label_as_hf():
+    config = MistralConfig(**TINY, id2label={0: "negative", 1: "positive"})
+    config.num_labels = 3
+    assert config.id2label == {0: "LABEL_0", 1: "LABEL_1", 2: "LABEL_2"}
+    assert config.label2id == {"LABEL_0": 0, "LABEL_1": 1, "LABEL_2": 2}
+
+
+def test_setting_the_same_num_labels_keeps_the_names():
+    config = MistralConfig(**TINY, id2label={0: "negative", 1: "positive"})
+    config.num_labels = 2
+    assert config.id2label == {0: "negative", 1: "positive"}
+
+
+@pytest.mark.parametrize("hidden_act", ["silu", "gelu", "gelu_new", "relu"])
+def test_hidden_acts_that_hf_accepts_are_read(hidden_act):
+    assert MistralConfig.from_dict(dict(HUB_V01, hidden_act=hidden_act)).hidden_act == hidden_act
+
+
+def test_unsupported_hidden_act_is_named():
+    with pytest.raises(ValueError, match="hidden_act 'softsign'.*gelu_new"):
+        MistralConfig(**TINY, hidden_act="softsign")
+
+
+def test_to_json_string_is_what_save_pretrained_writes(tmp_path):
+    config = MistralConfig.from_dict(dict(HUB_V01, my_note="kept"))
+    config.save_pretrained(tmp_path)
+    assert (tmp_path / "config.json").read_text() == config.to_json_string()
+    assert MistralConfig.from_pretrained(tmp_path) == config
+
+
+def test_to_json_file_writes_a_file_that_from_pretrained_reads(tmp_path):
+    config = MistralConfig(**TINY, problem_type="regression", output_hidden_states=True)
+    config.to_json_file(tmp_path / "mine.json")
+    assert MistralConfig.from_pretrained(tmp_path / "mine.json") == config

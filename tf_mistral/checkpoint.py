@@ -71,10 +71,13 @@ def _shape_hint(name, file_shape, config):
                 f"{config.num_key_value_heads}: is config.json from another model?")
     if "embed_tokens" in name or name == "lm_head.weight":
         return f"checkpoint vocabulary is {file_shape[0]} but config says {config.vocab_size}"
+    if name.startswith("score."):
+        return (f"the checkpoint's head has {file_shape[0]} labels but num_labels is {config.num_labels}: "
+                "pass ignore_mismatched_sizes=True to re-initialise the head")
     return "is config.json from another model?"
 
 
-def load_weights(model, directory, progress=True):
+def load_weights(model, directory, progress=True, ignore_mismatched_sizes=False):
     """Assigns every tensor of the checkpoint in `directory` to `model` (built here if it is not).
 
     All names and shapes are checked before any data is read; a missing, unexpected or
@@ -82,7 +85,9 @@ def load_weights(model, directory, progress=True):
     infinity (checked block by block as it is read). Head weights the checkpoint lacks (a
     classifier `score` loaded from a base checkpoint, an `lm_head` from a bare backbone) keep
     their fresh initialisation, with a warning, as in HF transformers; a classifier checkpoint is
-    refused by a causal LM, whose random `lm_head` would generate noise.
+    refused by a causal LM, whose random `lm_head` would generate noise. With
+    `ignore_mismatched_sizes`, a head tensor whose shape differs from the model's (another
+    `num_labels`) is skipped and the head re-initialised, with a warning, as HF does.
     """
     located = open_checkpoint(directory)
     table = checkpoint_table(model)
@@ -112,11 +117,20 @@ def load_weights(model, directory, progress=True):
     if not model.built:
         filled = {table[name][0] for name in todo} - {table[name][0] for name in missing}
         _build_without_random_init(model, filled)
-    for name in todo:
+    for name in list(todo):
         layer, attribute, transposed = table[name]
-        expected = tuple(getattr(layer, attribute).shape)
-        expected = expected[::-1] if transposed else expected
+        variable = getattr(layer, attribute)
+        expected = tuple(variable.shape)[::-1] if transposed else tuple(variable.shape)
         dtype, file_shape = located[stored[name]].tensors[stored[name]][:2]
+        if file_shape != expected and ignore_mismatched_sizes and name in _OTHER_HEADS:
+            todo.remove(name)
+            variable.assign(getattr(layer, f"{attribute}_initializer")(variable.shape, variable.dtype))
+            warnings.warn(
+                f"{name} has shape {file_shape} in the checkpoint but {expected} in this model: newly "
+                "initialised (ignore_mismatched_sizes=True); train this head before use",
+                stacklevel=3,
+            )
+            continue
         if file_shape != expected:
             raise CheckpointError(
                 f"tensor {stored[name]!r} has shape {file_shape} in the checkpoint but the config "

@@ -37,15 +37,15 @@ PRESETS = {
     ),
 }
 
-# HF config.json keys that describe training or other frameworks and carry nothing for us
-# (as do transformers' bookkeeping keys starting with "_", e.g. "_name_or_path").
-_IGNORED_KEYS = {
-    "architectures", "model_type", "transformers_version", "use_cache", "hidden_act",
-    "initializer_range", "attention_dropout", "dtype", "torch_dtype", "rope_parameters",
-    "rope_scaling", "output_attentions", "output_hidden_states", "return_dict",
-    "problem_type", "is_decoder", "layer_types", "max_window_layers", "use_sliding_window",
-    "chunk_size_feed_forward", "is_encoder_decoder",
-}
+# HF config.json keys that `to_dict` writes itself (as do transformers' bookkeeping keys starting
+# with "_", e.g. "_name_or_path", which are dropped). Every other unknown key is kept in `extra`
+# and written back, as HF does.
+_REWRITTEN_KEYS = {"architectures", "model_type", "transformers_version", "dtype", "torch_dtype", "rope_parameters"}
+
+# `hidden_act` names of HF's ACT2FN that the MLP computes (`layers.activations.ACTIVATIONS`).
+HIDDEN_ACTS = ("silu", "swish", "gelu", "gelu_new", "gelu_pytorch_tanh", "gelu_fast", "quick_gelu", "relu", "tanh")
+
+PROBLEM_TYPES = (None, "regression", "single_label_classification", "multi_label_classification")
 
 
 @dataclasses.dataclass
@@ -54,6 +54,11 @@ class MistralConfig:
 
     `head_dim` defaults to `hidden_size // num_attention_heads`; `sliding_window=None` means
     plain causal attention (v0.2 and v0.3). `torch_dtype` records the checkpoint's dtype.
+    `output_attentions`, `output_hidden_states`, `return_dict` and `use_cache` are the defaults of
+    the models' `call` arguments of the same names; `problem_type` picks the sequence classifier's
+    loss (None: from `num_labels` and the labels' dtype, as HF). `extra` holds config.json keys
+    this class does not use, written back by `to_dict`. Setting `num_labels` to a new size resets
+    `id2label` / `label2id` to `LABEL_i`, as HF does.
     """
 
     vocab_size: int = 32000
@@ -76,6 +81,21 @@ class MistralConfig:
     label2id: dict = None
     classifier_dropout: float = None
     torch_dtype: str = "float32"
+    hidden_act: str = "silu"
+    initializer_range: float = 0.02
+    attention_dropout: float = 0.0
+    problem_type: str = None
+    output_attentions: bool = False
+    output_hidden_states: bool = False
+    return_dict: bool = True
+    use_cache: bool = True
+    extra: dict = dataclasses.field(default_factory=dict)
+
+    def __setattr__(self, name, value):
+        if name == "num_labels" and getattr(self, "id2label", None) is not None and len(self.id2label) != value:
+            super().__setattr__("id2label", {i: f"LABEL_{i}" for i in range(value)})
+            super().__setattr__("label2id", {f"LABEL_{i}": i for i in range(value)})
+        super().__setattr__(name, value)
 
     def __post_init__(self):
         if self.head_dim is None:
@@ -119,6 +139,10 @@ class MistralConfig:
             raise ValueError(f"rope_theta must be > 0, got {self.rope_theta!r}")
         if self.tie_word_embeddings:
             raise ValueError("tie_word_embeddings=True is not a Mistral checkpoint: lm_head is untied")
+        if self.hidden_act not in HIDDEN_ACTS:
+            raise ValueError(f"hidden_act {self.hidden_act!r} is not supported; choose one of {', '.join(HIDDEN_ACTS)}")
+        if self.problem_type not in PROBLEM_TYPES:
+            raise ValueError(f"problem_type must be one of {PROBLEM_TYPES}, got {self.problem_type!r}")
 
     @property
     def eos_token_ids(self):
@@ -151,29 +175,26 @@ class MistralConfig:
             )
         if data.get("model_type", "mistral") != "mistral":
             raise ValueError(f"config.json is for model_type {data['model_type']!r}, not 'mistral'")
-        if data.get("hidden_act", "silu") != "silu":
-            raise ValueError(f"hidden_act {data['hidden_act']!r} is not supported (Mistral uses 'silu')")
         data["torch_dtype"] = data.get("torch_dtype") or data.get("dtype") or "float32"
         if data.get("head_dim") is None:
             data.pop("head_dim", None)
-        fields = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(k for k in set(data) - fields - _IGNORED_KEYS if not k.startswith("_"))
-        if unknown:
-            raise ValueError(f"config.json has fields this Mistral config does not know: {unknown}")
-        return cls(**{k: v for k, v in data.items() if k in fields})
+        fields = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        extra = {
+            k: v for k, v in data.items()
+            if k not in fields and k not in _REWRITTEN_KEYS and not k.startswith("_")
+        }
+        extra.update(data.get("extra") or {})
+        return cls(**{k: v for k, v in data.items() if k in fields}, extra=extra)
 
     def to_dict(self, form="hub", architecture="MistralForCausalLM"):
         """The HF `config.json` content: `form="hub"` (rope_theta, torch_dtype) or `"v5"`."""
         if form not in ("hub", "v5"):
             raise ValueError(f"form must be 'hub' or 'v5', got {form!r}")
         data = dataclasses.asdict(self)
+        data.update(data.pop("extra"))
         data.update(
             architectures=[architecture],
             model_type="mistral",
-            hidden_act="silu",
-            initializer_range=0.02,
-            attention_dropout=0.0,
-            use_cache=True,
             id2label={str(i): label for i, label in self.id2label.items()},
         )
         if data["classifier_dropout"] is None:
@@ -197,10 +218,22 @@ class MistralConfig:
                 raise ValueError(f"{path} is not valid JSON: {error}") from None
         return cls.from_dict(data)
 
+    from_pretrained = from_json_file  # HF's name: a folder holding config.json, or the file
+
+    def to_json_string(self, form="hub", architecture="MistralForCausalLM"):
+        """`to_dict` as indented JSON text with sorted keys, as HF writes config.json."""
+        return json.dumps(self.to_dict(form, architecture), indent=2, sort_keys=True) + "\n"
+
+    def to_json_file(self, path, form="hub", architecture="MistralForCausalLM"):
+        """Writes `to_dict` to the file `path` (atomically)."""
+        write_json(path, self.to_dict(form, architecture))
+
     def save(self, directory, form="hub", architecture="MistralForCausalLM"):
         """Writes `directory/config.json` (atomically: the old file or the new one, never half)."""
         os.makedirs(directory, exist_ok=True)
-        write_json(os.path.join(directory, "config.json"), self.to_dict(form, architecture))
+        self.to_json_file(os.path.join(directory, "config.json"), form, architecture)
+
+    save_pretrained = save  # HF's name
 
     def num_parameters(self, with_lm_head=True):
         """Parameter count of the backbone (plus `lm_head` when asked)."""

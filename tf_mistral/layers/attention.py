@@ -36,8 +36,9 @@ class MistralAttention(keras.layers.Layer):
             projection.build(input_shape)
         self.o_proj.build((*input_shape[:-1], self.num_attention_heads * self.head_dim))
 
-    def call(self, x, cos, sin, mask, cache=None, cache_start=None, last_only=False):
-        """Attends `x` to itself, or to the cache and itself (see `tf_mistral.cache.key_positions`).
+    def call(self, x, cos, sin, mask, cache=None, cache_start=None, last_only=False, past=None, output_attentions=False):
+        """Attends `x` to itself, or to the cache and itself (see `tf_mistral.cache.key_positions`),
+        or to HF-style past keys and values and itself.
 
         Args:
             x: `[batch, seq, hidden]`, compute dtype.
@@ -52,10 +53,16 @@ class MistralAttention(keras.layers.Layer):
             cache_start: int32 scalar, the position of `x`'s first token (with a cache).
             last_only: only the last token queries (its keys and values are still every token's):
                 the last layer of a prefill, whose other rows nothing reads.
+            past: None, or `(K, V)` both `[batch, kv_heads, past_length, head_dim]` (HF's layout,
+                `past_key_values` of `call`; past_length may be 0), the positions before `x`;
+                mask keys are then `past_length + seq`. Not used with `cache`.
+            output_attentions: also return the attention probabilities.
 
         Returns:
             `(output [batch, queries, hidden], new_cache)`, queries = 1 when `last_only` else
-            seq; new_cache is None without a cache.
+            seq; new_cache is None without a cache or past, with `past` the `(K, V)` of the past
+            followed by `x`'s. With `output_attentions`, a third item: probabilities `[batch,
+            heads, queries, keys]` in the compute dtype (head h reads kv head `h // groups`, as HF).
         """
         batch, seq = ops.shape(x)[0], ops.shape(x)[1]
         kv_heads, groups, head_dim = self.num_key_value_heads, self.groups, self.head_dim
@@ -72,7 +79,10 @@ class MistralAttention(keras.layers.Layer):
         v = ops.reshape(self.v_proj(x), (batch, seq, kv_heads, head_dim))
         v = ops.transpose(v, (0, 2, 3, 1))  # [B, KVH, D, S]
 
-        if cache is None:
+        if past is not None:
+            new_cache = (ops.concatenate([past[0], k], axis=2), ops.concatenate([past[1], ops.swapaxes(v, 2, 3)], axis=2))
+            keys, values = [new_cache[0]], [ops.swapaxes(new_cache[1], 2, 3)]
+        elif cache is None:
             keys, values, new_cache = [k], [v], None
         elif kv_cache.writes_first(x.shape[1]):
             new_cache = kv_cache.write(cache[0], cache[1], k, v, cache_start)
@@ -95,6 +105,8 @@ class MistralAttention(keras.layers.Layer):
 
         out = ops.reshape(out, (batch, kv_heads, groups, queries_seq, head_dim))
         out = ops.reshape(ops.transpose(out, (0, 3, 1, 2, 4)), (batch, queries_seq, -1))
+        if output_attentions:
+            return self.o_proj(out), new_cache, ops.reshape(probs, (batch, kv_heads * groups, queries_seq, -1))
         return self.o_proj(out), new_cache
 
     def get_config(self):

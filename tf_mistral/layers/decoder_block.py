@@ -19,6 +19,7 @@ class MistralDecoderLayer(keras.layers.Layer):
         num_key_value_heads,
         head_dim,
         rms_norm_eps,
+        hidden_act="silu",
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -28,6 +29,7 @@ class MistralDecoderLayer(keras.layers.Layer):
         self.num_key_value_heads = num_key_value_heads
         self.head_dim = head_dim
         self.rms_norm_eps = rms_norm_eps
+        self.hidden_act = hidden_act
         policy = self.dtype_policy
         self.input_layernorm = MistralRMSNorm(rms_norm_eps, name="input_layernorm", dtype=policy)
         self.self_attn = MistralAttention(
@@ -37,21 +39,23 @@ class MistralDecoderLayer(keras.layers.Layer):
         self.post_attention_layernorm = MistralRMSNorm(
             rms_norm_eps, name="post_attention_layernorm", dtype=policy
         )
-        self.mlp = MistralMLP(hidden_size, intermediate_size, name="mlp", dtype=policy)
+        self.mlp = MistralMLP(hidden_size, intermediate_size, hidden_act, name="mlp", dtype=policy)
 
     def build(self, input_shape):
         for sublayer in (self.input_layernorm, self.self_attn, self.post_attention_layernorm, self.mlp):
             sublayer.build(input_shape)
 
-    def call(self, x, cos, sin, mask, cache=None, cache_start=None, last_only=False):
+    def call(self, x, cos, sin, mask, cache=None, cache_start=None, last_only=False, past=None, output_attentions=False):
         """`x [batch, seq, hidden]` -> `(x', new_cache)`, x' `[batch, 1, hidden]` for the last
-        token alone when `last_only`; see `MistralAttention.call`."""
-        attended, new_cache = self.self_attn(
-            self.input_layernorm(x), cos, sin, mask, cache=cache, cache_start=cache_start, last_only=last_only
+        token alone when `last_only`, plus the attention probabilities when `output_attentions`;
+        see `MistralAttention.call`."""
+        attended, new_cache, *probs = self.self_attn(
+            self.input_layernorm(x), cos, sin, mask, cache=cache, cache_start=cache_start, last_only=last_only,
+            past=past, output_attentions=output_attentions,
         )
         x = (x[:, -1:] if last_only else x) + attended
         x = x + self.mlp(self.post_attention_layernorm(x))
-        return x, new_cache
+        return (x, new_cache, *probs)
 
     def get_config(self):
         return {
@@ -62,4 +66,5 @@ class MistralDecoderLayer(keras.layers.Layer):
             "num_key_value_heads": self.num_key_value_heads,
             "head_dim": self.head_dim,
             "rms_norm_eps": self.rms_norm_eps,
+            "hidden_act": self.hidden_act,
         }

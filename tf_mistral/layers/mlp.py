@@ -1,17 +1,21 @@
-"""SwiGLU feed-forward: `down_proj(silu(gate_proj(x)) * up_proj(x))`, no biases."""
+"""Gated feed-forward: `down_proj(act(gate_proj(x)) * up_proj(x))`, no biases; act is silu in
+every released Mistral (SwiGLU)."""
 
 import keras
-from keras import ops
+
+from tf_mistral.layers.activations import activation
 
 
 @keras.saving.register_keras_serializable(package="tf_mistral")
 class MistralMLP(keras.layers.Layer):
     """`[batch, seq, hidden]` -> `[batch, seq, hidden]` through `intermediate_size` units."""
 
-    def __init__(self, hidden_size, intermediate_size, **kwargs):
+    def __init__(self, hidden_size, intermediate_size, hidden_act="silu", **kwargs):
         super().__init__(**kwargs)
         self.hidden_size = hidden_size
         self.intermediate_size = intermediate_size
+        self.hidden_act = hidden_act
+        self.act_fn = activation(hidden_act)
         dense = dict(use_bias=False, dtype=self.dtype_policy)
         self.gate_proj = keras.layers.Dense(intermediate_size, name="gate_proj", **dense)
         self.up_proj = keras.layers.Dense(intermediate_size, name="up_proj", **dense)
@@ -23,11 +27,12 @@ class MistralMLP(keras.layers.Layer):
         self.down_proj.build((*input_shape[:-1], self.intermediate_size))
 
     def call(self, x):
-        return self.down_proj(ops.silu(self.gate_proj(x)) * self.up_proj(x))
+        return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
 
     def get_config(self):
         return {
             **super().get_config(),
             "hidden_size": self.hidden_size,
             "intermediate_size": self.intermediate_size,
+            "hidden_act": self.hidden_act,
         }

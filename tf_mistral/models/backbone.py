@@ -47,6 +47,7 @@ class TFMistralModel(MistralPreTrainedModel):
                 config.num_key_value_heads,
                 config.head_dim,
                 config.rms_norm_eps,
+                config.hidden_act,
                 name=f"layers.{i}",
                 dtype=policy,
             )
@@ -64,58 +65,118 @@ class TFMistralModel(MistralPreTrainedModel):
         self.rotary_emb.build((None, None))
         self.built = True
 
-    def _run_layers(self, hidden, position_ids, mask, cache=None, cache_start=None, collect=False, last_only=False):
-        """Runs every decoder layer; returns (normed hidden, new cache list or None, states).
+    def _run_layers(
+        self, hidden, position_ids, mask, cache=None, cache_start=None, collect=False, last_only=False,
+        past=None, output_attentions=False,
+    ):
+        """Runs every decoder layer; returns (normed hidden, new cache list or None, states, attentions).
 
         `last_only`: the last layer computes the last token alone (see `MistralAttention.call`).
+        `past`: per-layer HF-style `(K, V)` (see `call`); the new cache list then holds them
+        extended by this chunk. `states` / `attentions` are empty lists unless `collect` /
+        `output_attentions`. The two HF-style arguments reach the layers only when used, so the
+        cached and training paths (and `training.remat`'s wrapper) see the same calls as before.
         """
         cos, sin = self.rotary_emb(position_ids)
-        states, new_cache = [hidden] if collect else [], [] if cache is not None else None
+        states, attentions = [hidden] if collect else [], []
+        new_cache = [] if cache is not None or past is not None else None
         last = len(self.decoder_layers) - 1
         for i, layer in enumerate(self.decoder_layers):
-            hidden, layer_cache = layer(
+            extra = {}
+            if past is not None:
+                extra["past"] = past[i]
+            if output_attentions:
+                extra["output_attentions"] = True
+            hidden, layer_cache, *probs = layer(
                 hidden, cos, sin, mask,
                 cache=None if cache is None else cache[i], cache_start=cache_start,
-                last_only=last_only and i == last,
+                last_only=last_only and i == last, **extra,
             )
-            if cache is not None:
+            attentions.extend(probs)
+            if new_cache is not None:
                 new_cache.append(layer_cache)
             if collect:
                 states.append(hidden)
         hidden = self.norm(hidden)
         if collect:
             states[-1] = hidden  # as HF: the last entry is the final norm's output
-        return hidden, new_cache, states
+        return hidden, new_cache, states, attentions
 
-    def call(self, input_ids, attention_mask=None, position_ids=None, output_hidden_states=False):
-        """Full-sequence forward (training, scoring, classification).
+    def empty_past(self, batch_size):
+        """`past_key_values` holding nothing: per layer `(K, V)` of zeros `[batch, kv_heads, 0, head_dim]`."""
+        config = self.config
+        shape = (batch_size, config.num_key_value_heads, 0, config.head_dim)
+        return tuple(
+            (ops.zeros(shape, self.compute_dtype), ops.zeros(shape, self.compute_dtype))
+            for _ in range(config.num_hidden_layers)
+        )
+
+    def call(
+        self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None, inputs_embeds=None,
+        use_cache=None, output_attentions=None, output_hidden_states=None, return_dict=None,
+    ):
+        """Full-sequence forward (training, scoring, classification), with HF's arguments.
 
         Args:
             input_ids: int `[batch, seq]` (or a dict with `input_ids` / `attention_mask`).
-            attention_mask: int or bool `[batch, seq]`, 0 for padding (left or right); None: all 1.
-            position_ids: int `[batch, seq]` for the rotary tables; None: `0 .. seq-1`, as HF does
-                (rotary attention depends only on position differences, so left padding does not
-                change the result).
+            attention_mask: int or bool `[batch, past + seq]`, 0 for padding (left or right);
+                None: all 1.
+            position_ids: int `[batch, seq]` for the rotary tables; None: `past .. past + seq - 1`,
+                as HF does (rotary attention depends only on position differences, so left
+                padding does not change the result).
+            past_key_values: what an earlier call returned as `past_key_values`: a tuple with, per
+                layer, `(K, V)` both `[batch, kv_heads, past, head_dim]` in the compute dtype
+                (HF's legacy tuple layout, keys after rotary embedding). The tokens continue the
+                sequence at position `past`. (`generate` keeps its own fixed-size ring cache.)
+            inputs_embeds: float `[batch, seq, hidden]` in place of `input_ids`.
+            use_cache: also return `past_key_values` extended by these tokens. None: only when
+                `past_key_values` is given (unlike HF, never by default: `predict` would collect
+                every batch's keys and values).
+            output_attentions: also return `attentions`, per layer `[batch, heads, seq, past +
+                seq]` in the compute dtype. None: `config.output_attentions`.
             output_hidden_states: also return `hidden_states`, `num_hidden_layers + 1` tensors
                 `[batch, seq, hidden]` as HF: the embeddings, each layer's output, and for the
-                last layer its output after the final norm (= `last_hidden_state`).
+                last layer its output after the final norm (= `last_hidden_state`). None:
+                `config.output_hidden_states`.
+            return_dict: a `ModelOutput`; False: its `to_tuple()`. None: `config.return_dict`.
+
+        Returns:
+            `ModelOutput(last_hidden_state [batch, seq, hidden], past_key_values, hidden_states,
+            attentions)`, the last three when asked.
         """
         input_ids, attention_mask = unpack_inputs(input_ids, attention_mask)
-        input_ids = ops.cast(input_ids, "int32")
-        seq = ops.shape(input_ids)[1]
-        positions = ops.arange(seq, dtype="int32")
+        config = self.config
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids and inputs_embeds")
+        if inputs_embeds is None:
+            hidden = self.embed_tokens(ops.cast(input_ids, "int32"))
+        else:
+            hidden = ops.cast(inputs_embeds, self.compute_dtype)
+        batch, seq = ops.shape(hidden)[0], ops.shape(hidden)[1]
+        use_cache = past_key_values is not None if use_cache is None else use_cache
+        if use_cache and past_key_values is None:
+            past_key_values = self.empty_past(batch)
+        past_length = 0 if past_key_values is None else ops.shape(past_key_values[0][0])[2]
+        query_positions = past_length + ops.arange(seq, dtype="int32")
+        key_positions = ops.arange(past_length + seq, dtype="int32")
         if attention_mask is None:
-            attention_mask = ops.ones_like(input_ids)
+            attention_mask = ops.ones((batch, past_length + seq), dtype="int32")
         if position_ids is None:
-            position_ids = ops.broadcast_to(positions[None], ops.shape(input_ids))
-        mask = band_mask(positions, positions, ops.cast(attention_mask, "bool"), self.config.sliding_window)
-        hidden, _, states = self._run_layers(
-            self.embed_tokens(input_ids), position_ids, mask, collect=output_hidden_states
+            position_ids = ops.broadcast_to(query_positions[None], (batch, seq))
+        mask = band_mask(query_positions, key_positions, ops.cast(attention_mask, "bool"), config.sliding_window)
+        collect = config.output_hidden_states if output_hidden_states is None else output_hidden_states
+        output_attentions = config.output_attentions if output_attentions is None else output_attentions
+        hidden, presents, states, attentions = self._run_layers(
+            hidden, position_ids, mask, collect=collect, past=past_key_values, output_attentions=output_attentions
         )
         output = ModelOutput(last_hidden_state=hidden)
-        if output_hidden_states:
+        if use_cache:
+            output["past_key_values"] = tuple(presents)
+        if collect:
             output["hidden_states"] = tuple(states)
-        return output
+        if output_attentions:
+            output["attentions"] = tuple(attentions)
+        return self.format_output(output, return_dict)
 
     def forward_with_cache(self, input_ids, cache, start, pad_start=None, last_only=False):
         """A chunk of tokens against the fixed-size cache (prefill or one decode step).
@@ -144,7 +205,7 @@ class TFMistralModel(MistralPreTrainedModel):
         key_valid = key_positions[None, :] >= pad_start[:, None]
         mask = band_mask(query_positions, key_positions, key_valid, self.config.sliding_window)
         position_ids = ops.maximum(query_positions[None, :] - pad_start[:, None], 0)
-        hidden, new_cache, _ = self._run_layers(
+        hidden, new_cache, _, _ = self._run_layers(
             self.embed_tokens(input_ids), position_ids, mask, cache=cache, cache_start=start, last_only=last_only
         )
         return hidden, new_cache

@@ -3,8 +3,8 @@
 import keras
 
 from tf_mistral.generation.generate import GenerationMixin
+from tf_mistral.models import head_losses
 from tf_mistral.models.backbone import TFMistralModel
-from tf_mistral.models.outputs import ModelOutput
 from tf_mistral.models.pretrained import MistralPreTrainedModel
 from tf_mistral.training.trainer import TrainingMixin
 
@@ -28,16 +28,23 @@ class TFMistralForCausalLM(TrainingMixin, GenerationMixin, MistralPreTrainedMode
         self.lm_head.build((None, None, self.config.hidden_size))
         self.built = True
 
-    def call(self, input_ids, attention_mask=None, position_ids=None, output_hidden_states=False):
-        """Logits for every position; arguments as `TFMistralModel.call`."""
+    def call(
+        self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None, inputs_embeds=None,
+        labels=None, use_cache=None, output_attentions=None, output_hidden_states=None, return_dict=None,
+    ):
+        """Logits for every position; arguments as `TFMistralModel.call`, plus `labels`: int
+        `[batch, seq]` aligned with the inputs (-100: not scored), shifted here as HF does; the
+        output then starts with `loss`, the float32 mean cross-entropy of the scored tokens.
+        Returns `ModelOutput(loss, logits [batch, seq, vocab], past_key_values, hidden_states,
+        attentions)`, each optional entry when asked."""
         backbone = self.model(
-            input_ids, attention_mask=attention_mask, position_ids=position_ids,
-            output_hidden_states=output_hidden_states,
+            input_ids, attention_mask=attention_mask, position_ids=position_ids, past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds, use_cache=use_cache, output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states, return_dict=True,
         )
-        output = ModelOutput(logits=self.lm_head(backbone.last_hidden_state))
-        if output_hidden_states:
-            output["hidden_states"] = backbone.hidden_states
-        return output
+        logits = self.lm_head(backbone.last_hidden_state)
+        loss = None if labels is None else head_losses.causal_lm_loss(labels, logits)
+        return self.head_output(loss, logits, backbone, return_dict)
 
     def forward_with_cache(self, input_ids, cache, start, pad_start=None, last_only=True):
         """Logits for a chunk run against the cache: `[batch, 1, vocab]` for its last token when

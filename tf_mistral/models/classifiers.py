@@ -3,25 +3,27 @@
 import keras
 from keras import ops
 
+from tf_mistral.models import head_losses
 from tf_mistral.models.backbone import TFMistralModel, unpack_inputs
-from tf_mistral.models.outputs import ModelOutput
 from tf_mistral.models.pretrained import MistralPreTrainedModel
 from tf_mistral.training.trainer import TrainingMixin
 
 
-def last_token_index(input_ids, attention_mask, pad_token_id):
-    """int32 `[batch]`: the rightmost real token of each row, for left and right padding alike.
+def last_token_index(hidden, input_ids, attention_mask, pad_token_id):
+    """int32 `[batch]`: the rightmost real token of each row of `hidden [batch, seq, hidden]`,
+    for left and right padding alike.
 
-    Real tokens are those with `attention_mask == 1`; without a mask, those that are not
-    `pad_token_id` (as HF does); without either, the last position.
+    Real tokens are those with `attention_mask == 1` (its last `seq` columns: it may also cover
+    past tokens); without a mask, those of `input_ids` that are not `pad_token_id` (as HF does);
+    without either (or with `inputs_embeds`), the last position.
     """
-    seq = ops.shape(input_ids)[1]
+    batch, seq = ops.shape(hidden)[0], ops.shape(hidden)[1]
     if attention_mask is not None:
-        real = ops.cast(attention_mask, "int32")
-    elif pad_token_id is not None:
+        real = ops.cast(attention_mask[:, -seq:], "int32")
+    elif pad_token_id is not None and input_ids is not None:
         real = ops.cast(ops.not_equal(input_ids, pad_token_id), "int32")
     else:
-        return ops.full((ops.shape(input_ids)[0],), seq - 1, dtype="int32")
+        return ops.full((batch,), seq - 1, dtype="int32")
     return ops.cast(ops.argmax(real * ops.arange(seq, dtype="int32")[None], axis=-1), "int32")
 
 
@@ -44,12 +46,26 @@ class TFMistralForSequenceClassification(TrainingMixin, MistralPreTrainedModel):
         self.score.build((None, self.config.hidden_size))
         self.built = True
 
-    def call(self, input_ids, attention_mask=None):
+    def call(
+        self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None, inputs_embeds=None,
+        labels=None, use_cache=None, output_attentions=None, output_hidden_states=None, return_dict=None,
+    ):
+        """`ModelOutput(loss, logits [batch, num_labels], past_key_values, hidden_states, attentions)`,
+        the optional entries when asked; arguments as `TFMistralModel.call`, plus `labels`:
+        int `[batch]` classes, or float `[batch, num_labels]` for regression and multi-label
+        classification (`head_losses.sequence_classification_loss`)."""
         input_ids, attention_mask = unpack_inputs(input_ids, attention_mask)
-        hidden = self.model(input_ids, attention_mask=attention_mask).last_hidden_state
-        index = last_token_index(input_ids, attention_mask, self.config.pad_token_id)
+        backbone = self.model(
+            input_ids, attention_mask=attention_mask, position_ids=position_ids, past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds, use_cache=use_cache, output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states, return_dict=True,
+        )
+        hidden = backbone.last_hidden_state
+        index = last_token_index(hidden, input_ids, attention_mask, self.config.pad_token_id)
         pooled = ops.take_along_axis(hidden, index[:, None, None], axis=1)[:, 0]  # [B, H]
-        return ModelOutput(logits=self.score(pooled))
+        logits = self.score(pooled)
+        loss = None if labels is None else head_losses.sequence_classification_loss(self.config, labels, logits)
+        return self.head_output(loss, logits, backbone, return_dict)
 
 
 @keras.saving.register_keras_serializable(package="tf_mistral")
@@ -72,6 +88,19 @@ class TFMistralForTokenClassification(TrainingMixin, MistralPreTrainedModel):
         self.score.build((None, None, self.config.hidden_size))
         self.built = True
 
-    def call(self, input_ids, attention_mask=None, training=None):
-        hidden = self.model(input_ids, attention_mask=attention_mask).last_hidden_state
-        return ModelOutput(logits=self.score(self.dropout(hidden, training=training)))
+    def call(
+        self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None, inputs_embeds=None,
+        labels=None, use_cache=None, output_attentions=None, output_hidden_states=None, return_dict=None,
+        training=None,
+    ):
+        """`ModelOutput(loss, logits [batch, seq, num_labels], past_key_values, hidden_states,
+        attentions)`, the optional entries when asked; arguments as `TFMistralModel.call`, plus
+        `labels`: int `[batch, seq]`, -100 where not scored (mean cross-entropy, as HF)."""
+        backbone = self.model(
+            input_ids, attention_mask=attention_mask, position_ids=position_ids, past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds, use_cache=use_cache, output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states, return_dict=True,
+        )
+        logits = self.score(self.dropout(backbone.last_hidden_state, training=training))
+        loss = None if labels is None else head_losses.token_classification_loss(labels, logits)
+        return self.head_output(loss, logits, backbone, return_dict)

@@ -17,6 +17,11 @@ class ModelOutput(dict):
         except KeyError:
             raise AttributeError(f"this output has no {name!r}; it has {sorted(self)}") from None
 
+    def to_tuple(self):
+        """The values in HF's order (`loss` first, then `logits` or `last_hidden_state`, ...),
+        as `return_dict=False` returns them."""
+        return tuple(self.values())
+
     def tree_flatten(self):
         keys = tuple(self.keys())
         return tuple(self[k] for k in keys), keys, keys
