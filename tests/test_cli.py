@@ -119,6 +119,7 @@ def test_bad_choice_is_a_usage_error(capsys):
     (["export", "tflite", "--checkpoint", "x", "--output", "y", "--cache-length", "0"],
      "argument --cache-length: expected a positive integer, got '0'"),
     (["demo", "--steps", "-1"], "argument --steps: expected an integer >= 0, got '-1'"),
+    (["demo", "--learning-rate", "nan"], "argument --learning-rate: expected a finite number > 0, got 'nan'"),
 ])
 def test_a_number_flag_out_of_its_range_is_a_usage_error_naming_the_flag(capsys, argv, message):
     code, out, err = run(capsys, *argv)

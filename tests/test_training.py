@@ -297,6 +297,32 @@ def test_nothing_labelled_is_reported_as_nan_not_as_a_perfect_score():
     assert np.isnan(float(causal_lm_loss(np.full_like(ids, -100), model(ids).logits)))
 
 
+def test_compile_refuses_a_learning_rate_that_is_not_finite():
+    with pytest.raises(ValueError, match="the learning rate of AdamW is nan in compile"):
+        fresh().compile(optimizer=keras.optimizers.AdamW(float("nan")))
+    schedule = keras.optimizers.schedules.ExponentialDecay(float("inf"), decay_steps=10, decay_rate=0.5)
+    with pytest.raises(ValueError, match="the learning rate of SGD is inf in compile"):
+        fresh().compile(optimizer=keras.optimizers.SGD(schedule))
+
+
+def test_fit_stops_before_a_batch_whose_learning_rate_is_not_finite():
+    model = fresh()
+    model.compile(optimizer=keras.optimizers.AdamW(1e-3))
+    nan_from_epoch_1 = keras.callbacks.LearningRateScheduler(lambda epoch, rate: float("nan") if epoch else rate)
+    with pytest.raises(ValueError, match=r"learning rate of AdamW is nan at epoch 1, batch 0 \(optimizer step 2\)"):
+        model.fit({"input_ids": random_ids((4, 12))}, batch_size=2, epochs=2, callbacks=[nan_from_epoch_1], verbose=0)
+    assert all(np.isfinite(w.numpy()).all() for w in model.weights)
+
+
+def test_fit_stops_at_the_batch_whose_loss_is_not_finite():
+    model = fresh()
+    model.compile(optimizer=keras.optimizers.AdamW(1e-3))
+    ids, weights = random_ids((6, 12)), np.ones(6, np.float32)
+    weights[3] = np.nan  # in the second batch
+    with pytest.raises(FloatingPointError, match=r"the loss is nan at epoch 0, batch 1 \(optimizer step 2\)"):
+        model.fit({"input_ids": ids}, ids, sample_weight=weights, batch_size=2, shuffle=False, verbose=0)
+
+
 # ----------------------------------------------------------------------------------------------
 # It learns, and HF reads the result
 

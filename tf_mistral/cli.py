@@ -422,7 +422,7 @@ def demo_flags(p):
     p.add_argument("--steps", type=arguments.non_negative_int,
                    help=f"fine-tuning steps (default {demo.DEFAULT_STEPS} for the small model, "
                         "0 with --checkpoint; there LoRA is used)")
-    p.add_argument("--learning-rate", type=float, help="default 3e-3 (small model) or 1e-3 (LoRA)")
+    p.add_argument("--learning-rate", type=arguments.positive_float, help="default 3e-3 (small model) or 1e-3 (LoRA)")
     p.add_argument("--text", metavar="FILE", help="training text (default: the opening of Alice's Adventures in Wonderland)")
     p.add_argument("--prompt", help="prompt for every runtime (default: the text's first words)")
     p.add_argument("--max-new-tokens", type=arguments.positive_int, default=demo.DEFAULT_NEW_TOKENS,

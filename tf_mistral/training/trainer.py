@@ -19,6 +19,8 @@ gradient accumulation and `tf.distribute` strategies run as in any Keras model.
   the loss and metrics. Until a labelled position is seen, `loss`, `perplexity` and `accuracy`
   are NaN and the count 0, never a perfect score.
 - `compile(loss=...)` replaces the default; the loss then gets `(labels, logits)`.
+- Guards (`tf_mistral.training.checks`): `compile` refuses a learning rate that is not finite;
+  `fit` stops with an error naming the batch when the learning rate or the loss stops being finite.
 """
 
 import keras
@@ -27,7 +29,7 @@ import tensorflow as tf
 from keras import ops
 
 from tf_mistral.checkpoint import numpy_dtype
-from tf_mistral.training import lora
+from tf_mistral.training import checks, lora
 from tf_mistral.training.losses import IGNORE_INDEX, label_weights, statistics
 from tf_mistral.training.metrics import default_metrics, labelled_count
 
@@ -148,6 +150,7 @@ class TrainingMixin:
             class_weight = ops.convert_to_tensor(class_weight_vector(class_weight, self.config.num_labels))
         super().compile(optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
         _check_optimizer_precision(self)
+        checks.check_learning_rate(self.optimizer, "in compile()")
         self._training_defaults = _Defaults(
             self.training_task,
             default_loss=loss is None,
@@ -155,6 +158,14 @@ class TrainingMixin:
             counted=labelled_count(self.training_task) if loss is None else None,
             class_weight=class_weight,
         )
+
+    def fit(self, x=None, y=None, *args, callbacks=None, **kwargs):
+        """Keras `fit`, stopped with an error naming the batch at a learning rate (checked before each
+        batch) or a loss (after it) that is not finite (`checks.StopOnNonFinite`, run first)."""
+        defaults = getattr(self, "_training_defaults", None)
+        counted = defaults.counted.name if defaults is not None and defaults.counted is not None else None
+        callbacks = [checks.StopOnNonFinite(counted), *(callbacks or [])]
+        return super().fit(x, y, *args, callbacks=callbacks, **kwargs)
 
     @property
     def metrics(self):
@@ -211,14 +222,14 @@ class TrainingMixin:
 
     def _step_if_labelled(self, step, data):
         """`step(data)` (Keras' train or test step) once `data` has arrived; with the default loss,
-        only if the global batch has labelled positions (a loss denominator above 0). -> logs."""
+        only if the global batch has labelled positions (a loss denominator other than 0). -> logs."""
         defaults = self._training_defaults
         with tf.control_dependencies(tf.nest.flatten(data)):
             if not defaults.default_loss:
                 return step(data)
             x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
             _, weight = label_weights(defaults.task, self._labels(x, y), sample_weight, defaults.class_weight)
-            _run_if(_global_sum(ops.sum(weight)) > 0, step, data)
+            _run_if(ops.not_equal(_global_sum(ops.sum(weight)), 0), step, data)  # NaN weights run (and stop fit)
         return self.get_metrics_result()
 
     def _labels(self, x, y):
