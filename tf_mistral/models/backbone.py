@@ -156,9 +156,12 @@ class TFMistralModel(MistralPreTrainedModel):
         use_cache = past_key_values is not None if use_cache is None else use_cache
         if use_cache and past_key_values is None:
             past_key_values = self.empty_past(batch)
-        past_length = 0 if past_key_values is None else ops.shape(past_key_values[0][0])[2]
-        query_positions = past_length + ops.arange(seq, dtype="int32")
-        key_positions = ops.arange(past_length + seq, dtype="int32")
+        query_positions = key_positions = ops.arange(seq, dtype="int32")
+        past_length = 0
+        if past_key_values is not None:
+            past_length = ops.shape(past_key_values[0][0])[2]
+            query_positions = past_length + query_positions
+            key_positions = ops.arange(past_length + seq, dtype="int32")
         if attention_mask is None:
             attention_mask = ops.ones((batch, past_length + seq), dtype="int32")
         if position_ids is None:
