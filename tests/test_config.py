@@ -215,9 +215,9 @@ def test_other_model_type_is_refused():
         MistralConfig.from_dict(dict(HUB_V01, model_type="llama"))
 
 
-def test_tied_embeddings_are_refused():
-    with pytest.raises(ValueError, match="tie_word_embeddings"):
-        MistralConfig(**TINY, tie_word_embeddings=True)
+def test_tied_embeddings_count_one_matrix():
+    tied, untied = MistralConfig(**TINY, tie_word_embeddings=True), MistralConfig(**TINY)
+    assert untied.num_parameters() - tied.num_parameters() == 1000 * 64
 
 
 def test_labels_follow_id2label():

@@ -83,6 +83,25 @@ def test_resized_model_round_trips_through_save_pretrained(tmp_path):
     np.testing.assert_array_equal(restored(IDS).logits, model(IDS).logits)
 
 
+def test_tied_logits_read_the_embedding_matrix():
+    model = small(tie_word_embeddings=True)
+    assert model.get_output_embeddings() is model.get_input_embeddings()
+    hidden = model.model(IDS).last_hidden_state
+    expected = np.asarray(hidden) @ model.get_input_embeddings().embeddings.numpy().T
+    np.testing.assert_allclose(model(IDS).logits, expected, atol=1e-5)
+    assert len(model.weights) == len(small().weights) - 1
+
+
+def test_resizing_tied_embeddings_resizes_the_logits_and_round_trips(tmp_path):
+    model = small(tie_word_embeddings=True)
+    model.resize_token_embeddings(64)
+    assert model(IDS).logits.shape == (2, 4, 64)
+    model.save_pretrained(tmp_path, progress=False)
+    restored = TFMistralForCausalLM.from_pretrained(tmp_path, progress=False)
+    assert restored.config.tie_word_embeddings and restored.config.vocab_size == 64
+    np.testing.assert_array_equal(restored(IDS).logits, model(IDS).logits)
+
+
 # ----------------------------------------------------------------------------------------------
 # HF's class attributes
 

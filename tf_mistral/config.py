@@ -54,6 +54,8 @@ class MistralConfig:
 
     `head_dim` defaults to `hidden_size // num_attention_heads`; `sliding_window=None` means
     plain causal attention (v0.2 and v0.3). `torch_dtype` records the checkpoint's dtype.
+    `tie_word_embeddings=True` (no released Mistral has it) makes the causal LM's logits use the
+    embedding matrix instead of an `lm_head`.
     `output_attentions`, `output_hidden_states`, `return_dict` and `use_cache` are the defaults of
     the models' `call` arguments of the same names; `problem_type` picks the sequence classifier's
     loss (None: from `num_labels` and the labels' dtype, as HF). `extra` holds config.json keys
@@ -137,8 +139,6 @@ class MistralConfig:
             raise ValueError(f"rms_norm_eps must be > 0, got {self.rms_norm_eps!r}")
         if not self.rope_theta > 0:
             raise ValueError(f"rope_theta must be > 0, got {self.rope_theta!r}")
-        if self.tie_word_embeddings:
-            raise ValueError("tie_word_embeddings=True is not a Mistral checkpoint: lm_head is untied")
         if self.hidden_act not in HIDDEN_ACTS:
             raise ValueError(f"hidden_act {self.hidden_act!r} is not supported; choose one of {', '.join(HIDDEN_ACTS)}")
         if self.problem_type not in PROBLEM_TYPES:
@@ -241,4 +241,4 @@ class MistralConfig:
         attention = h * d * (2 * self.num_attention_heads + 2 * self.num_key_value_heads)
         per_layer = attention + 3 * h * i + 2 * h
         total = self.vocab_size * h + self.num_hidden_layers * per_layer + h
-        return total + (self.vocab_size * h if with_lm_head else 0)
+        return total + (self.vocab_size * h if with_lm_head and not self.tie_word_embeddings else 0)

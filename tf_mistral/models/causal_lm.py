@@ -1,6 +1,7 @@
-"""`TFMistralForCausalLM`: the backbone and an untied `lm_head`."""
+"""`TFMistralForCausalLM`: the backbone and an `lm_head` (or, tied, the embedding matrix)."""
 
 import keras
+from keras import ops
 
 from tf_mistral.generation.generate import GenerationMixin
 from tf_mistral.models import head_losses
@@ -19,14 +20,25 @@ class TFMistralForCausalLM(TrainingMixin, GenerationMixin, MistralPreTrainedMode
     def __init__(self, config, **kwargs):
         super().__init__(config, **kwargs)
         self.model = TFMistralModel(self.config, name="model", dtype=self.dtype_policy)
-        self.lm_head = keras.layers.Dense(
-            self.config.vocab_size, use_bias=False, name="lm_head", dtype=self.dtype_policy
-        )
+        self.lm_head = None  # tied: the logits read the embedding matrix (`_logits`)
+        if not self.config.tie_word_embeddings:
+            self.lm_head = keras.layers.Dense(
+                self.config.vocab_size, use_bias=False, name="lm_head", dtype=self.dtype_policy
+            )
 
     def build(self, input_shape=None):
         self.model.build()
-        self.lm_head.build((None, None, self.config.hidden_size))
+        if self.lm_head is not None:
+            self.lm_head.build((None, None, self.config.hidden_size))
         self.built = True
+
+    def _logits(self, hidden):
+        """`hidden [..., hidden]` -> logits `[..., vocab]`, compute dtype: `lm_head`, or with
+        tied embeddings the embedding matrix `[vocab, hidden]` transposed."""
+        if self.lm_head is None:
+            embeddings = ops.cast(self.model.embed_tokens.embeddings, self.compute_dtype)
+            return ops.matmul(hidden, ops.transpose(embeddings))
+        return self.lm_head(hidden)
 
     def call(
         self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None, inputs_embeds=None,
@@ -42,7 +54,7 @@ class TFMistralForCausalLM(TrainingMixin, GenerationMixin, MistralPreTrainedMode
             inputs_embeds=inputs_embeds, use_cache=use_cache, output_attentions=output_attentions,
             output_hidden_states=output_hidden_states, return_dict=True,
         )
-        logits = self.lm_head(backbone.last_hidden_state)
+        logits = self._logits(backbone.last_hidden_state)
         loss = None if labels is None else head_losses.causal_lm_loss(labels, logits)
         return self.head_output(loss, logits, backbone, return_dict)
 
@@ -50,4 +62,4 @@ class TFMistralForCausalLM(TrainingMixin, GenerationMixin, MistralPreTrainedMode
         """Logits for a chunk run against the cache: `[batch, 1, vocab]` for its last token when
         `last_only`, else `[batch, seq, vocab]`; see `TFMistralModel.forward_with_cache`."""
         hidden, cache = self.model.forward_with_cache(input_ids, cache, start, pad_start, last_only)
-        return self.lm_head(hidden), cache
+        return self._logits(hidden), cache

@@ -107,12 +107,15 @@ class MistralPreTrainedModel(keras.Model):
         self.config.vocab_size = value.input_dim
 
     def get_output_embeddings(self):
-        """The `lm_head` Dense layer (kernel `[hidden, vocab]`), or None for heads without one."""
-        return getattr(self, "lm_head", None)
+        """The causal LM's `lm_head` Dense layer (kernel `[hidden, vocab]`), its embedding layer
+        when `config.tie_word_embeddings`; None for the other models."""
+        if not hasattr(self, "lm_head"):
+            return None
+        return self.get_input_embeddings() if self.lm_head is None else self.lm_head
 
     def resize_token_embeddings(self, new_num_tokens=None):
         """Gives the vocabulary `new_num_tokens` rows (as HF): the embeddings, and the `lm_head`
-        of a causal LM, are cut or extended; new rows (and lm_head columns) start as the mean
+        of an untied causal LM, are cut or extended; new rows (and lm_head columns) start as the mean
         of the old ones. Sets `config.vocab_size`; returns the embedding layer."""
         if new_num_tokens is None or new_num_tokens == self.config.vocab_size:
             return self.get_input_embeddings()
@@ -120,7 +123,7 @@ class MistralPreTrainedModel(keras.Model):
             raise ValueError(f"new_num_tokens must be positive, got {new_num_tokens}")
         embeddings = keras.ops.convert_to_numpy(self.get_input_embeddings().embeddings)
         self._replace_layer(self._backbone(), "embed_tokens", _resized_rows(embeddings, new_num_tokens))
-        head = self.get_output_embeddings()
+        head = getattr(self, "lm_head", None)  # None for tied embeddings: the head follows them
         if head is not None:
             kernel = keras.ops.convert_to_numpy(head.kernel)  # [hidden, vocab]
             self._replace_layer(self, "lm_head", _resized_rows(kernel.T, new_num_tokens).T)
