@@ -34,6 +34,15 @@ def _resized_rows(matrix, rows):
     return np.concatenate([matrix, fill.astype(matrix.dtype)], axis=0)
 
 
+def _plain_tensors(*element):
+    """A `tf.data` element (features, or features and labels) with each ragged row made a plain
+    tensor, which `padded_batch` pads."""
+    import tensorflow as tf
+
+    element = element[0] if len(element) == 1 else element
+    return tf.nest.map_structure(lambda t: t.to_tensor() if isinstance(t, tf.RaggedTensor) else t, element)
+
+
 class MistralPreTrainedModel(keras.Model):
     """Base of the backbone and the heads. Subclasses create their layers in `__init__` and
     build them, from shapes alone, in `build()`, so that a 7B model is built without running it."""
@@ -200,8 +209,7 @@ class MistralPreTrainedModel(keras.Model):
         data = tf.data.Dataset.from_tensor_slices(elements)
         if shuffle:
             data = data.shuffle(len(columns["input_ids"]), seed=seed)
-        dense = lambda t: t.to_tensor() if isinstance(t, tf.RaggedTensor) else t  # noqa: E731
-        data = data.map(lambda *element: tf.nest.map_structure(dense, element[0] if len(element) == 1 else element))
+        data = data.map(_plain_tensors)
         pad = self.config.pad_token_id or 0
         padding = {"input_ids": pad, "attention_mask": 0}
         if "labels" in columns:
