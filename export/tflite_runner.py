@@ -34,6 +34,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
+# The `GenerationConfig` settings `TFLiteRunner.generate` honours (its arguments); others are refused.
+RUNNER_SETTINGS = ("max_new_tokens", "do_sample", "temperature", "top_k", "top_p", "seed", "eos_token_id")
 PAD_POSITION = -1  # input_pos of right padding: never continues a run, so the graph drops it
 
 
@@ -247,6 +249,7 @@ class TFLiteRunner:
         seed=0,
         eos_token_id="auto",
         streamer=None,
+        **settings,
     ):
         """Continues one prompt, as `TFMistralForCausalLM.generate` does for a batch of one.
 
@@ -256,14 +259,18 @@ class TFLiteRunner:
             eos_token_id: int or list ending the generation; "auto": the exporter's config; None: never.
             streamer: as `generate`: an object with `put(token_ids [1])` and `end()` (e.g.
                 `tf_mistral.TextStreamer`), or a callable taking the token ids.
+            **settings: other `GenerationConfig` settings are refused (ValueError) unless at their
+                defaults: the runner samples with the arguments above alone.
 
         Returns:
             int32 numpy `[prompt + n]`, n <= max_new_tokens (stops after an end token).
         """
         import tensorflow as tf
 
+        from tf_mistral.generation.config import GenerationConfig
         from tf_mistral.generation.sampling import SamplingMode, next_tokens, validate_sampling, validate_seed
 
+        GenerationConfig().merged(**settings).refuse_unsupported("TFLiteRunner.generate", RUNNER_SETTINGS)
         prompt = np.asarray(input_ids).reshape(-1).astype(np.int64)
         if prompt.size == 0:
             raise ValueError("the prompt is empty: give at least one token (e.g. the BOS id 1)")

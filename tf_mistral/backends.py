@@ -17,7 +17,14 @@ import time
 
 import numpy as np
 
+from tf_mistral.generation.config import GenerationConfig
+
 SAMPLING_DEFAULTS = dict(max_new_tokens=64, do_sample=False, temperature=1.0, top_k=0, top_p=1.0, seed=0)
+# The Keras model honours every `GenerationConfig` setting but those that change what a call
+# returns (one prompt in, one row of ids out here); the exported runtimes the sampling alone.
+KERAS_SETTINGS = frozenset(GenerationConfig.field_names()) - {
+    "return_dict_in_generate", "output_scores", "output_logits", "num_return_sequences",
+}
 
 
 @dataclasses.dataclass
@@ -73,16 +80,19 @@ class _Clock:
         return Result(list(new_ids), time.perf_counter() - self.started, first, second)
 
 
-def _sampling(overrides):
-    unknown = set(overrides) - set(SAMPLING_DEFAULTS)
+def _sampling(overrides, runtime, supported=frozenset(SAMPLING_DEFAULTS)):
+    """`SAMPLING_DEFAULTS` updated with `overrides`: a TypeError for a name that is no
+    `GenerationConfig` setting, a ValueError for a setting `runtime` cannot honour."""
+    unknown = set(overrides) - set(GenerationConfig.field_names())
     if unknown:
-        raise TypeError(f"unknown sampling arguments {sorted(unknown)}; known: {sorted(SAMPLING_DEFAULTS)}")
+        raise TypeError(f"unknown sampling arguments {sorted(unknown)}; known: {sorted(GenerationConfig.field_names())}")
+    GenerationConfig().merged(**overrides).refuse_unsupported(runtime, supported)
     return {**SAMPLING_DEFAULTS, **overrides}
 
 
 def keras_generate(model, prompt_ids, on_token=None, **sampling):
     """`model.generate` (XLA) on one prompt, streaming; sampling as `generate`'s arguments."""
-    sampling = _sampling(sampling)
+    sampling = _sampling(sampling, "keras_generate", KERAS_SETTINGS)
     clock = _Clock(on_token)
     output = model.generate(np.asarray([prompt_ids], np.int32), streamer=lambda ids: clock(np.asarray(ids)[0]), **sampling)
     return clock.result(_until_end(output[0, len(prompt_ids):], model.config.eos_token_ids))
@@ -99,7 +109,7 @@ def _until_end(tokens, eos_token_ids):
 
 def tflite_generate(runner, prompt_ids, on_token=None, **sampling):
     """`TFLiteRunner.generate` (LiteRT interpreter) on one prompt, streaming."""
-    sampling = _sampling(sampling)
+    sampling = _sampling(sampling, "the TFLite runner")
     clock = _Clock(on_token)
     output = runner.generate(prompt_ids, streamer=clock, **sampling)
     return clock.result(output[len(prompt_ids):])
@@ -144,7 +154,7 @@ def saved_model_generate(loaded, prompt_ids, on_token=None, **sampling):
     """
     import tensorflow as tf
 
-    sampling = _sampling(sampling)
+    sampling = _sampling(sampling, "the SavedModel's generate signature")
     started = time.perf_counter()
     outputs = loaded.signatures["generate"](
         input_ids=tf.constant([prompt_ids], tf.int32),

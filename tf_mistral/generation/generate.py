@@ -4,6 +4,7 @@ Prompts are padded on the left to a bucket so that a new prompt length reuses a 
 the number of new tokens is a tensor inside a bucketed buffer, for the same reason.
 """
 
+import collections.abc
 import contextlib
 import time
 
@@ -12,6 +13,9 @@ import tensorflow as tf
 
 from tf_mistral import cache as kv_cache
 from tf_mistral.generation import loop
+from tf_mistral.generation.config import GenerationConfig
+from tf_mistral.generation.outputs import GenerateOutput, cut_at_stop_strings, transition_scores
+from tf_mistral.generation.processors import Processing
 from tf_mistral.generation.sampling import SamplingMode, validate_sampling, validate_seed
 
 
@@ -66,52 +70,115 @@ def left_align(input_ids, attention_mask, pad_token_id):
 
 
 class GenerationMixin:
-    """Adds `generate` to `TFMistralForCausalLM`."""
+    """Adds `generate`, `generation_config` and `compute_transition_scores` to `TFMistralForCausalLM`."""
 
-    def generate(
-        self,
-        input_ids,
-        attention_mask=None,
-        max_new_tokens=None,
-        max_length=None,
-        do_sample=False,
-        temperature=1.0,
-        top_k=None,
-        top_p=1.0,
-        seed=None,
-        eos_token_id=None,
-        pad_token_id=None,
-        streamer=None,
-        jit_compile=None,
-    ):
+    @property
+    def generation_config(self):
+        """The `GenerationConfig` that `generate` starts from (default: the model config's ids)."""
+        if getattr(self, "_generation_config", None) is None:
+            self._generation_config = GenerationConfig.from_model_config(self.config)
+        return self._generation_config
+
+    @generation_config.setter
+    def generation_config(self, value):
+        """Takes a `GenerationConfig` or the dict of a generation_config.json."""
+        if isinstance(value, collections.abc.Mapping) and not isinstance(value, GenerationConfig):
+            value = GenerationConfig.from_dict(dict(value))
+        if not isinstance(value, GenerationConfig):
+            raise TypeError(f"generation_config must be a GenerationConfig or a dict, got {type(value).__name__}")
+        self._generation_config = value
+
+    def generate(self, input_ids, attention_mask=None, generation_config=None, streamer=None, jit_compile=None,
+                 tokenizer=None, **kwargs):
         """Generates continuations, as HF `generate` does.
 
         Args:
             input_ids: int `[batch, prompt]` (list, numpy or tensor); rows padded on either side.
+                Inside a `tf.function` (HF's `tf.function(model.generate, jit_compile=True)`),
+                tensors with a static prompt length, rows padded on the left.
             attention_mask: `[batch, prompt]`, 0 for padding and 1 for tokens; None: no padding.
-            max_new_tokens: new tokens per row (default 20, like HF); or `max_length`, the total.
-            do_sample, temperature, top_k, top_p: greedy, or sampling with these filters.
-            seed: int in [-2**31, 2**31); the same seed and inputs give the same tokens. None: a
-                random seed.
-            eos_token_id: int or list ending a row (default: the config's).
-            pad_token_id: what a finished row emits (default: config pad, else the first eos).
+            generation_config: a `GenerationConfig` (default: `self.generation_config`);
+                `kwargs` override its fields: max_new_tokens (default 20) or max_length,
+                min_new_tokens, do_sample, temperature, top_k, top_p, min_tokens_to_keep,
+                repetition_penalty, no_repeat_ngram_size, num_return_sequences, seed (int in
+                [-2**31, 2**31), None: random), eos_token_id (int or list; default the config's),
+                pad_token_id (what a finished row emits; default config pad, else the first eos),
+                stop_strings, return_dict_in_generate, output_scores, output_logits.
             streamer: an object with `put(token_ids [batch])` and `end()` (e.g. `TextStreamer`),
                 or a callable taking the token ids; it receives each new column as it is made.
             jit_compile: True: the decode loop under XLA; False: as a plain TensorFlow graph;
                 None (default): the faster on CPU for the model's dtype (`decodes_under_xla`).
                 The prefill of float weights runs as a TensorFlow graph either way.
+            tokenizer: decodes the rows for `stop_strings` (a `MistralTokenizer`).
 
         Returns:
-            int32 numpy `[batch, prompt + n]`: the prompt as given followed by the new tokens
-            (n <= max_new_tokens; generation stops early once every row has ended).
+            int32 numpy `[batch * num_return_sequences, prompt + n]`: the prompt as given followed
+            by the new tokens (n <= max_new_tokens; generation stops early once every row has
+            ended). With `return_dict_in_generate`, a `GenerateOutput`: `sequences` as above,
+            `scores` / `logits` tuples of n float32 `[rows, vocab]` when asked. Inside a
+            `tf.function`, tensors, and n is always max_new_tokens.
         """
+        config = (generation_config or self.generation_config).merged(**kwargs)
+        config.validate()
+        if not tf.executing_eagerly():
+            return self._generate_in_graph(input_ids, attention_mask, config)
         input_ids = as_int_matrix(input_ids, "input_ids")
-        batch, prompt = input_ids.shape
-        if prompt == 0:
-            raise ValueError("the prompt is empty: give at least one token (e.g. the BOS id 1)")
         attention_mask = (
             np.ones_like(input_ids) if attention_mask is None else as_int_matrix(attention_mask, "attention_mask")
         )
+        self._check_prompt(input_ids, attention_mask)
+        input_ids = np.repeat(input_ids, config.num_return_sequences, axis=0)
+        attention_mask = np.repeat(attention_mask, config.num_return_sequences, axis=0)
+        batch, prompt = input_ids.shape
+        real_lengths = attention_mask.sum(axis=1)
+        max_new_tokens = self._max_new_tokens(config, prompt, int(real_lengths.max()))
+        if jit_compile is None:
+            jit_compile = decodes_under_xla(self)
+        if not isinstance(jit_compile, bool):
+            raise ValueError(f"jit_compile must be True (XLA), False (TF graph) or None (auto), got {jit_compile!r}")
+        sampling = self._sampling(config)
+        stop_strings = config.stop_strings_list()
+        tokenizer = tokenizer or getattr(getattr(self, "preprocessor", None), "tokenizer", None)
+        if stop_strings and tokenizer is None:
+            raise ValueError("stop_strings needs a tokenizer: pass generate(..., tokenizer=tokenizer)")
+
+        padded_left = (np.diff(attention_mask, axis=1) >= 0).all()
+        pad_token_id = sampling.pad_token_id
+        ids, mask = (input_ids, attention_mask) if padded_left else left_align(input_ids, attention_mask, pad_token_id)
+        bucket = prompt_bucket(prompt)
+        ids = np.pad(ids, [(0, 0), (bucket - prompt, 0)], constant_values=pad_token_id)
+        mask = np.pad(mask, [(0, 0), (bucket - prompt, 0)])
+
+        width = new_tokens_bucket(max_new_tokens)
+        cache_length = kv_cache.cache_length(bucket + width - 1, self.config.sliding_window)
+        args = (sampling.temperature, sampling.top_p, sampling.seed)
+        state = self._compiled("start", sampling, jit_compile, batch, bucket, width, cache_length)(
+            tf.constant(ids), tf.constant(mask)
+        )
+        if streamer is None:
+            decode = self._compiled("decode", sampling, jit_compile, batch, width, cache_length)
+            state = decode(state, tf.constant(max_new_tokens), *args)
+        else:
+            first = self._compiled("first", sampling, jit_compile, batch, width, cache_length)
+            step = self._compiled("step", sampling, jit_compile, batch, width, cache_length)
+            state = _stream(first(state, *args), step, args, max_new_tokens, streamer)
+        tokens, steps = state["tokens"].numpy(), int(state["step"])
+        if stop_strings:
+            prompts = [row[keep.astype(bool)] for row, keep in zip(input_ids, attention_mask)]
+            tokens, steps = cut_at_stop_strings(tokens[:, :steps], prompts, stop_strings, tokenizer, sampling)
+        sequences = np.concatenate([input_ids, tokens[:, :steps]], axis=1)
+        if not config.return_dict_in_generate:
+            return sequences
+        return GenerateOutput(sequences, **{
+            name: tuple(state[key].numpy()[:, i] for i in range(steps))
+            for name, key, wanted in (("scores", "scores", config.output_scores), ("logits", "raw_logits", config.output_logits))
+            if wanted
+        })
+
+    def _check_prompt(self, input_ids, attention_mask):
+        """Raises ValueError for int `[batch, prompt]` ids and mask that `generate` cannot continue."""
+        if input_ids.shape[1] == 0:
+            raise ValueError("the prompt is empty: give at least one token (e.g. the BOS id 1)")
         if attention_mask.shape != input_ids.shape:
             raise ValueError(f"attention_mask has shape {attention_mask.shape} but input_ids {input_ids.shape}")
         check_attention_mask(attention_mask)
@@ -122,54 +189,87 @@ class GenerationMixin:
         if input_ids.min() < 0 or input_ids.max() >= vocab:
             raise ValueError(f"input_ids must be in [0, {vocab}), got values from {input_ids.min()} to {input_ids.max()}")
 
+    def _max_new_tokens(self, config, prompt, longest_prompt):
+        """int: new tokens per row from `config` (max_new_tokens, else max_length - `prompt`
+        columns, else 20), checked against the model's positions for the longest real prompt."""
+        max_new_tokens = config.max_new_tokens
         if max_new_tokens is None:
-            max_new_tokens = 20 if max_length is None else max_length - prompt
+            max_new_tokens = 20 if config.max_length is None else config.max_length - prompt
         if not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r} (max_length={max_length!r})")
-        longest = int(real_lengths.max()) + int(max_new_tokens)
+            raise ValueError(
+                f"max_new_tokens must be a positive integer, got {max_new_tokens!r} (max_length={config.max_length!r})"
+            )
+        longest = longest_prompt + int(max_new_tokens)
         if longest > self.config.max_position_embeddings:
             raise ValueError(
-                f"prompt ({int(real_lengths.max())} tokens) + max_new_tokens ({max_new_tokens}) = {longest} "
+                f"prompt ({longest_prompt} tokens) + max_new_tokens ({max_new_tokens}) = {longest} "
                 f"exceeds max_position_embeddings ({self.config.max_position_embeddings}); shorten the prompt"
             )
-        validate_sampling(do_sample, temperature, top_k, top_p)
-        if jit_compile is None:
-            jit_compile = decodes_under_xla(self)
-        if not isinstance(jit_compile, bool):
-            raise ValueError(f"jit_compile must be True (XLA), False (TF graph) or None (auto), got {jit_compile!r}")
-        eos = self.config.eos_token_ids if eos_token_id is None else list(np.atleast_1d(eos_token_id).tolist())
+        return int(max_new_tokens)
+
+    def _sampling(self, config):
+        """The `loop.Sampling` of a validated `GenerationConfig` (seed, eos and pad resolved)."""
+        validate_sampling(config.do_sample, config.temperature, config.top_k, config.top_p)
+        eos = self.config.eos_token_ids if config.eos_token_id is None else list(np.atleast_1d(config.eos_token_id).tolist())
+        pad_token_id = config.pad_token_id
         if pad_token_id is None:
             pad_token_id = self.config.pad_token_id if self.config.pad_token_id is not None else (eos[0] if eos else 0)
-        if seed is None:
-            seed = int(np.random.randint(0, 2**31 - 1))
+        seed = int(np.random.randint(0, 2**31 - 1)) if config.seed is None else config.seed
         validate_seed(seed)
-
-        padded_left = (np.diff(attention_mask, axis=1) >= 0).all()
-        ids, mask = (input_ids, attention_mask) if padded_left else left_align(input_ids, attention_mask, pad_token_id)
-        bucket = prompt_bucket(prompt)
-        ids = np.pad(ids, [(0, 0), (bucket - prompt, 0)], constant_values=pad_token_id)
-        mask = np.pad(mask, [(0, 0), (bucket - prompt, 0)])
-
-        mode = SamplingMode(do_sample, int(top_k or 0) if do_sample else 0, bool(do_sample and top_p < 1.0))
-        sampling = loop.Sampling(
-            mode, tf.constant(float(temperature)), tf.constant(float(top_p)), tf.constant(int(seed)),
-            tuple(int(e) for e in eos), int(pad_token_id),
+        do_sample = config.do_sample
+        mode = SamplingMode(
+            do_sample, int(config.top_k or 0) if do_sample else 0, bool(do_sample and config.top_p < 1.0),
+            config.min_tokens_to_keep if do_sample else 1,
         )
-        width = new_tokens_bucket(int(max_new_tokens))
-        cache_length = kv_cache.cache_length(bucket + width - 1, self.config.sliding_window)
-        args = (sampling.temperature, sampling.top_p, sampling.seed)
-        state = self._compiled("start", sampling, jit_compile, batch, bucket, width, cache_length)(
-            tf.constant(ids), tf.constant(mask)
+        processing = Processing(
+            float(config.repetition_penalty), config.no_repeat_ngram_size, config.min_new_tokens,
+            config.output_scores, config.output_logits,
         )
-        if streamer is None:
-            decode = self._compiled("decode", sampling, jit_compile, batch, width, cache_length)
-            state = decode(state, tf.constant(int(max_new_tokens)), *args)
-            tokens, steps = state["tokens"].numpy(), int(state["step"])
-        else:
-            first = self._compiled("first", sampling, jit_compile, batch, width, cache_length)
-            step = self._compiled("step", sampling, jit_compile, batch, width, cache_length)
-            tokens, steps = _stream(first(state, *args), step, args, int(max_new_tokens), streamer)
-        return np.concatenate([input_ids, tokens[:, :steps]], axis=1)
+        return loop.Sampling(
+            mode, tf.constant(float(config.temperature)), tf.constant(float(config.top_p)), tf.constant(int(seed)),
+            tuple(int(e) for e in eos), int(pad_token_id), processing=processing,
+        )
+
+    def _generate_in_graph(self, input_ids, attention_mask, config):
+        """`generate` traced into the caller's `tf.function`: left-padded int `[batch, prompt]`
+        tensors with a static prompt length -> int32 `[batch, prompt + max_new_tokens]` (pad after
+        a row's end), or a `GenerateOutput` of tensors."""
+        if config.stop_strings or config.num_return_sequences > 1:
+            raise ValueError("stop_strings and num_return_sequences need an eager generate (outside tf.function)")
+        input_ids = tf.cast(input_ids, tf.int32)
+        prompt = input_ids.shape[1]
+        if prompt is None:
+            raise ValueError("generate inside a tf.function needs a static prompt length: pad prompts to fixed lengths")
+        attention_mask = tf.ones_like(input_ids) if attention_mask is None else tf.cast(attention_mask, tf.int32)
+        max_new_tokens = self._max_new_tokens(config, prompt, prompt)
+        sampling = self._sampling(config)
+        if config.seed is None and config.do_sample:  # drawn per call, not once at tracing
+            sampling = sampling._replace(seed=tf.random.uniform([], 0, 2**31 - 1, tf.int32))
+        cache_length = kv_cache.cache_length(prompt + max_new_tokens - 1, self.config.sliding_window)
+        state = loop.start(self, input_ids, attention_mask, max_new_tokens, cache_length, sampling.pad_token_id,
+                           sampling.processing)
+        state = loop.decode(self, state, max_new_tokens, sampling)
+        sequences = tf.concat([input_ids, state["tokens"]], axis=1)
+        if not config.return_dict_in_generate:
+            return sequences
+        return GenerateOutput(sequences, **{
+            name: tuple(tf.unstack(state[key], axis=1))
+            for name, key, wanted in (("scores", "scores", config.output_scores), ("logits", "raw_logits", config.output_logits))
+            if wanted
+        })
+
+    def compute_transition_scores(self, sequences, scores, normalize_logits=False):
+        """HF's `compute_transition_scores` for greedy and sampled outputs.
+
+        Args:
+            sequences: int `[rows, prompt + n]` (`GenerateOutput.sequences`).
+            scores: n float32 `[rows, vocab]` (`GenerateOutput.scores` or `.logits`).
+            normalize_logits: log-softmax each step's scores first.
+
+        Returns:
+            float32 numpy `[rows, n]`: each chosen token's score.
+        """
+        return transition_scores(sequences, scores, normalize_logits)
 
     def _compiled(self, kind, sampling, jit_compile, batch, *shape):
         """The function of one kind, shape and sampling mode, traced on first use and then reused.
@@ -193,15 +293,19 @@ class GenerationMixin:
         weights = tuple(variable.path for variable in self.weights)
         if getattr(self, "_generation_weights", None) != weights:  # new, or quantize() / enable_lora() since
             self._generation_functions, self._generation_weights = {}, weights
-        key = (kind, batch, *shape, sampling.mode, sampling.eos_token_ids, sampling.pad_token_id, jit_compile)
+        key = (kind, batch, *shape, sampling.mode, sampling.processing, sampling.eos_token_ids, sampling.pad_token_id,
+               jit_compile)
         if key not in self._generation_functions:
-            static = dict(mode=sampling.mode, eos_token_ids=sampling.eos_token_ids, pad_token_id=sampling.pad_token_id)
+            static = dict(mode=sampling.mode, eos_token_ids=sampling.eos_token_ids, pad_token_id=sampling.pad_token_id,
+                          processing=sampling.processing)
 
             def run(temperature, top_p, seed):
                 return loop.Sampling(temperature=temperature, top_p=top_p, seed=seed, **static)
 
             functions = {
-                "start": lambda ids, mask: loop.start(self, ids, mask, shape[1], shape[2], sampling.pad_token_id),
+                "start": lambda ids, mask: loop.start(
+                    self, ids, mask, shape[1], shape[2], sampling.pad_token_id, sampling.processing
+                ),
                 "decode": lambda state, new_tokens, *args: loop.decode(self, state, new_tokens, run(*args)),
                 "first": lambda state, *args: loop.first_token(state, run(*args)),
                 "step": lambda state, *args: loop.decode_step(self, state, run(*args)),
@@ -234,7 +338,8 @@ def _quantized(model):
 
 
 def _stream(state, step, args, max_new_tokens, streamer):
-    """Runs `step` from Python so that each new column reaches `streamer` as it is made."""
+    """Runs `step` from Python so that each new column reaches `streamer` as it is made; returns
+    the final state."""
     put = streamer if callable(streamer) and not hasattr(streamer, "put") else streamer.put
     put(state["token"].numpy())
     while int(state["step"]) < max_new_tokens and not bool(tf.reduce_all(state["finished"])):
@@ -242,7 +347,7 @@ def _stream(state, step, args, max_new_tokens, streamer):
         put(state["token"].numpy())
     if hasattr(streamer, "end"):
         streamer.end()
-    return state["tokens"].numpy(), int(state["step"])
+    return state
 
 
 class TextStreamer:

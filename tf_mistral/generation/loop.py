@@ -9,6 +9,7 @@ from typing import NamedTuple
 import tensorflow as tf
 
 from tf_mistral import cache as kv_cache
+from tf_mistral.generation import processors
 from tf_mistral.generation.sampling import SamplingMode, next_tokens
 
 
@@ -67,8 +68,8 @@ def prefill(model, input_ids, pad_start, cache):
 
 
 class Sampling(NamedTuple):
-    """How tokens are chosen and when rows end; `mode` is static, the rest may be tensors
-    (`top_k` is read only when `mode.top_k` is `sampling.RUNTIME`)."""
+    """How tokens are chosen and when rows end; `mode` and `processing` are static, the rest may
+    be tensors (`top_k` is read only when `mode.top_k` is `sampling.RUNTIME`)."""
 
     mode: SamplingMode
     temperature: object = 1.0
@@ -77,21 +78,28 @@ class Sampling(NamedTuple):
     eos_token_ids: tuple = ()
     pad_token_id: int = 0
     top_k: object = 0
+    processing: processors.Processing = processors.Processing()
 
 
 def _emit(state, logits, sampling):
     """Picks the token of column `state["step"]` from `logits [batch, vocab]`."""
     tokens, finished, step = state["tokens"], state["finished"], state["step"]
     batch = tf.shape(tokens)[0]
+    raw_logits = logits
+    if sampling.processing.active:
+        logits = processors.process(state, logits, sampling.processing, sampling.eos_token_ids)
     token = next_tokens(logits, sampling.mode, sampling.temperature, sampling.top_p, sampling.seed, step, sampling.top_k)
     token = tf.where(finished, sampling.pad_token_id, token)
     tokens = tf.tensor_scatter_nd_update(tokens, tf.stack([tf.range(batch), tf.fill([batch], step)], axis=1), token)
     eos = tf.constant(list(sampling.eos_token_ids) or [-1], tf.int32)
     finished = finished | tf.reduce_any(token[:, None] == eos[None, :], axis=1)
-    return dict(state, tokens=tokens, finished=finished, token=token, step=step + 1)
+    state = dict(state, tokens=tokens, finished=finished, token=token, step=step + 1)
+    if sampling.processing.active:
+        state = processors.record(state, token, raw_logits, logits, sampling.processing, sampling)
+    return state
 
 
-def start(model, input_ids, attention_mask, max_new_tokens, cache_length, pad_token_id):
+def start(model, input_ids, attention_mask, max_new_tokens, cache_length, pad_token_id, processing=processors.Processing()):
     """Prefills the prompt: the state that `first_token` and then `decode_step` advance.
 
     Args:
@@ -100,12 +108,13 @@ def start(model, input_ids, attention_mask, max_new_tokens, cache_length, pad_to
         max_new_tokens: Python int, the width of the output buffer.
         cache_length: Python int, slots per layer (`tf_mistral.cache.cache_length`).
         pad_token_id: Python int, what the output buffer holds where nothing was generated.
+        processing: `processors.Processing`; its state entries are added (none by default).
 
     Returns:
         A dict: `logits` `[batch, vocab]` of the prompt's last column (which `first_token`
         consumes), `tokens` int32 `[batch, max_new_tokens]` (`pad_token_id` where not yet
         generated), `finished` bool `[batch]`, `token` int32 `[batch]` (the newest), `step` int32
-        (tokens generated), `cache`, `columns`, `pad_start`.
+        (tokens generated), `cache`, `columns`, `pad_start`, and what `processing` needs.
     """
     input_ids = tf.cast(input_ids, tf.int32)
     batch = tf.shape(input_ids)[0]
@@ -120,6 +129,7 @@ def start(model, input_ids, attention_mask, max_new_tokens, cache_length, pad_to
         cache=cache,
         columns=columns,
         pad_start=pad_start,
+        **processors.initial_state(processing, input_ids, attention_mask, max_new_tokens, model.config.vocab_size),
     )
 
 
@@ -153,6 +163,6 @@ def generate_tokens(model, input_ids, attention_mask, max_new_tokens, new_tokens
     Returns `(tokens int32 [batch, max_new_tokens], steps int32)`; columns from `steps` on are
     `pad_token_id`, and so is everything a row emits after its end token.
     """
-    state = start(model, input_ids, attention_mask, max_new_tokens, cache_length, sampling.pad_token_id)
+    state = start(model, input_ids, attention_mask, max_new_tokens, cache_length, sampling.pad_token_id, sampling.processing)
     state = decode(model, state, new_tokens, sampling)
     return state["tokens"], state["step"]

@@ -24,12 +24,14 @@ class SamplingMode:
     do_sample: False for greedy, True to sample, or `RUNTIME`: sample when the `temperature`
     tensor is > 0, else greedy. top_k: 0 for no top-k filter, k > 0 for a fixed k (>= vocab: no
     filter), or `RUNTIME`: k is the `top_k` tensor (0 or >= vocab: no filter). top_p: whether a
-    top-p filter runs (its threshold is a tensor).
+    top-p filter runs (its threshold is a tensor). min_tokens_to_keep: the fewest tokens the top-k
+    and top-p filters leave (HF's `min_tokens_to_keep`).
     """
 
     do_sample: bool = False
     top_k: int = 0
     top_p: bool = False
+    min_tokens_to_keep: int = 1
 
 
 def validate_sampling(do_sample, temperature, top_k, top_p):
@@ -80,20 +82,29 @@ def next_tokens(logits, mode, temperature, top_p, seed, step, top_k=0):
     return _sample(logits, mode, temperature, top_p, seed, step, top_k)
 
 
-def _sample(logits, mode, temperature, top_p, seed, step, top_k):
-    """Gumbel-max over the temperature-scaled, top-k / top-p filtered float32 logits."""
-    logits = logits / temperature
+def warp(logits, mode, temperature, top_p, top_k=0):
+    """float32 `[batch, vocab]`: the logits divided by `temperature`, then -inf outside the top-k /
+    top-p filters of `mode` (HF's warpers; what HF's `scores` hold when sampling)."""
+    logits = tf.cast(logits, tf.float32) / temperature
     removed = tf.constant(-float("inf"), tf.float32)
     if mode.top_k:
-        k = top_k if mode.top_k == RUNTIME else mode.top_k
+        k = top_k if mode.top_k == RUNTIME else max(mode.top_k, mode.min_tokens_to_keep)
         logits = tf.where(logits < _kth_largest(logits, k), removed, logits)
     if mode.top_p:
         descending = tf.sort(logits, axis=-1, direction="DESCENDING")
         probs = tf.nn.softmax(descending, axis=-1)
-        mass_before = tf.cumsum(probs, axis=-1, exclusive=True)
+        kept = tf.cumsum(probs, axis=-1, exclusive=True) < top_p
+        if mode.min_tokens_to_keep > 1:
+            kept = kept | (tf.range(tf.shape(descending)[-1]) < mode.min_tokens_to_keep)[None]
         # Keep the smallest prefix whose mass reaches top_p (always at least the top token).
-        smallest_kept = tf.reduce_min(tf.where(mass_before < top_p, descending, float("inf")), axis=-1, keepdims=True)
+        smallest_kept = tf.reduce_min(tf.where(kept, descending, float("inf")), axis=-1, keepdims=True)
         logits = tf.where(logits < smallest_kept, removed, logits)
+    return logits
+
+
+def _sample(logits, mode, temperature, top_p, seed, step, top_k):
+    """Gumbel-max over the `warp`ed float32 logits."""
+    logits = warp(logits, mode, temperature, top_p, top_k)
     key = tf.stack([tf.cast(seed, tf.int32), tf.cast(step, tf.int32)])
     uniform = tf.random.stateless_uniform(tf.shape(logits), seed=key, minval=1e-20, maxval=1.0)
     gumbel = -tf.math.log(-tf.math.log(uniform))
