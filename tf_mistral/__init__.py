@@ -3,7 +3,8 @@
 Public API (imported on first use, so `import tf_mistral` stays light):
     MistralConfig                         hyper-parameters; HF config.json in and out; presets
     TFMistralModel                        the decoder (last hidden state)
-    TFMistralForCausalLM                  + lm_head; `generate`
+    TFMistralForCausalLM                  + lm_head; `generate`; with a preprocessor, strings; `score`
+    GenerationConfig                      `generate`'s settings under HF's names; generation_config.json
     TFMistralForSequenceClassification    pooled at the last real token
     TFMistralForTokenClassification       one label per token
     MistralTokenizer                      SentencePiece in-graph; chat formats
@@ -29,6 +30,7 @@ _PUBLIC = {
     "MistralTokenizer": "tf_mistral.tokenizer",
     "MistralPreprocessor": "tf_mistral.tokenizer",
     "TextStreamer": "tf_mistral.generation.generate",
+    "GenerationConfig": "tf_mistral.generation.config",
 }
 __all__ = sorted(_PUBLIC)
 

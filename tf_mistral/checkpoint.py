@@ -57,7 +57,7 @@ def checkpoint_table(model):
         table[f"{name}.post_attention_layernorm.weight"] = (layer.post_attention_layernorm, "weight", False)
     for head in ("lm_head", "score"):
         dense = getattr(model, head, None)
-        if dense is not None:
+        if isinstance(dense, keras.layers.Layer):  # a causal LM's score() is a method, not a head
             table[f"{head}.weight"] = (dense, "kernel", True)
             if dense.use_bias:
                 table[f"{head}.bias"] = (dense, "bias", False)

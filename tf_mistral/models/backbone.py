@@ -67,7 +67,7 @@ class TFMistralModel(MistralPreTrainedModel):
 
     def _run_layers(
         self, hidden, position_ids, mask, cache=None, cache_start=None, collect=False, last_only=False,
-        past=None, output_attentions=False,
+        past=None, output_attentions=False, intercept=None,
     ):
         """Runs every decoder layer; returns (normed hidden, new cache list or None, states, attentions).
 
@@ -76,6 +76,7 @@ class TFMistralModel(MistralPreTrainedModel):
         extended by this chunk. `states` / `attentions` are empty lists unless `collect` /
         `output_attentions`. The two HF-style arguments reach the layers only when used, so the
         cached and training paths (and `training.remat`'s wrapper) see the same calls as before.
+        `intercept`: `fn(hidden, i)` on layer i's output, which then goes on as what it returns.
         """
         cos, sin = self.rotary_emb(position_ids)
         states, attentions = [hidden] if collect else [], []
@@ -93,6 +94,8 @@ class TFMistralModel(MistralPreTrainedModel):
                 last_only=last_only and i == last, **extra,
             )
             attentions.extend(probs)
+            if intercept is not None:
+                hidden = intercept(hidden, i)
             if new_cache is not None:
                 new_cache.append(layer_cache)
             if collect:
@@ -113,7 +116,7 @@ class TFMistralModel(MistralPreTrainedModel):
 
     def call(
         self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None, inputs_embeds=None,
-        use_cache=None, output_attentions=None, output_hidden_states=None, return_dict=None,
+        use_cache=None, output_attentions=None, output_hidden_states=None, return_dict=None, layer_intercept_fn=None,
     ):
         """Full-sequence forward (training, scoring, classification), with HF's arguments.
 
@@ -139,6 +142,8 @@ class TFMistralModel(MistralPreTrainedModel):
                 last layer its output after the final norm (= `last_hidden_state`). None:
                 `config.output_hidden_states`.
             return_dict: a `ModelOutput`; False: its `to_tuple()`. None: `config.return_dict`.
+            layer_intercept_fn: KerasHub's hook: `fn(x, i)` on the embeddings (i = -1) and each
+                decoder layer's output (i = 0 .. layers - 1); what it returns goes on. None: none.
 
         Returns:
             `ModelOutput(last_hidden_state [batch, seq, hidden], past_key_values, hidden_states,
@@ -152,6 +157,8 @@ class TFMistralModel(MistralPreTrainedModel):
             hidden = self.embed_tokens(ops.cast(input_ids, "int32"))
         else:
             hidden = ops.cast(inputs_embeds, self.compute_dtype)
+        if layer_intercept_fn is not None:
+            hidden = layer_intercept_fn(hidden, -1)
         batch, seq = ops.shape(hidden)[0], ops.shape(hidden)[1]
         use_cache = past_key_values is not None if use_cache is None else use_cache
         if use_cache and past_key_values is None:
@@ -170,7 +177,8 @@ class TFMistralModel(MistralPreTrainedModel):
         collect = config.output_hidden_states if output_hidden_states is None else output_hidden_states
         output_attentions = config.output_attentions if output_attentions is None else output_attentions
         hidden, presents, states, attentions = self._run_layers(
-            hidden, position_ids, mask, collect=collect, past=past_key_values, output_attentions=output_attentions
+            hidden, position_ids, mask, collect=collect, past=past_key_values, output_attentions=output_attentions,
+            intercept=layer_intercept_fn,
         )
         output = ModelOutput(last_hidden_state=hidden)
         if use_cache:

@@ -7,12 +7,14 @@ from tf_mistral.generation.generate import GenerationMixin
 from tf_mistral.models import head_losses
 from tf_mistral.models.backbone import TFMistralModel
 from tf_mistral.models.pretrained import MistralPreTrainedModel
+from tf_mistral.models.text_io import TextMixin
 from tf_mistral.training.trainer import TrainingMixin
 
 
 @keras.saving.register_keras_serializable(package="tf_mistral")
-class TFMistralForCausalLM(TrainingMixin, GenerationMixin, MistralPreTrainedModel):
-    """`input_ids [batch, seq]` -> `logits [batch, seq, vocab]` (compute dtype)."""
+class TFMistralForCausalLM(TextMixin, TrainingMixin, GenerationMixin, MistralPreTrainedModel):
+    """`input_ids [batch, seq]` -> `logits [batch, seq, vocab]` (compute dtype); with a `preprocessor`,
+    strings in `generate` / `predict` (`TextMixin`)."""
 
     hf_architecture = "MistralForCausalLM"
     training_task = "causal_lm"  # compile() defaults: shifted next-token loss, -100 ignored

@@ -21,8 +21,9 @@ float base and save that.
 import json
 import os
 
-import numpy as np
+import keras
 from keras import ops
+import numpy as np
 
 from tf_mistral import safetensors_io
 
@@ -126,7 +127,7 @@ def save_lora_weights(model, path):
     for name, dense in layers.items():
         arrays[f"base_model.model.{name}.lora_A.weight"] = np.asarray(dense.lora_kernel_a.numpy()).T
         arrays[f"base_model.model.{name}.lora_B.weight"] = np.asarray(dense.lora_kernel_b.numpy()).T
-    heads = [h for h in _HEADS if getattr(model, h, None) is not None]
+    heads = [h for h in _HEADS if isinstance(getattr(model, h, None), keras.layers.Layer)]  # not the LM's score()
     for head in heads:
         dense = getattr(model, head)
         arrays[f"base_model.model.{head}.weight"] = np.asarray(dense.kernel.numpy()).T
