@@ -323,6 +323,44 @@ def test_fit_stops_at_the_batch_whose_loss_is_not_finite():
         model.fit({"input_ids": ids}, ids, sample_weight=weights, batch_size=2, shuffle=False, verbose=0)
 
 
+def with_value(array, at, value):
+    array = array.copy()
+    array[at] = value
+    return array
+
+
+@pytest.mark.parametrize("as_dataset", [False, True], ids=["arrays", "dataset"])
+def test_fit_names_an_input_id_outside_the_vocabulary(as_dataset):
+    x = {"input_ids": with_value(random_ids((6, 12)), (3, 5), 40000)}
+    where = "row 3, column 5"
+    if as_dataset:
+        x, where = tf.data.Dataset.from_tensor_slices(x).batch(2), "batch 1, row 1, column 5"
+    model = fresh()
+    model.compile()
+    with pytest.raises(ValueError, match=f"^input_ids contain 40000 at {where}, but the vocabulary has 1000 ids$"):
+        model.fit(x, verbose=0)
+
+
+def test_fit_names_a_label_outside_the_vocabulary_and_takes_minus_100():
+    ids = random_ids((4, 12))
+    labels = with_value(np.where(np.arange(12) < 3, -100, ids), (2, 7), -1)
+    data = tf.data.Dataset.from_tensor_slices({"input_ids": ids, "labels": labels}).batch(4)
+    model = fresh()
+    model.compile()
+    with pytest.raises(ValueError, match=r"labels contain -1 at batch 0, row 2, column 7, but the vocabulary "
+                                         r"has 1000 ids \(labels are ids, or -100 for no loss\)"):
+        model.fit(data, verbose=0)
+
+
+def test_fit_names_a_class_outside_the_classifier_labels_in_validation_data(reference):
+    ref = reference("tiny_seqcls")
+    x = {"input_ids": ref["input_ids_right"], "attention_mask": ref["attention_mask_right"]}
+    model = fresh(TFMistralForSequenceClassification, "tiny_seqcls")
+    model.compile()
+    with pytest.raises(ValueError, match=r"labels contain 3 at row 1, but the model has 3 labels \(0 to 2, or -100"):
+        model.fit(x, np.array([2, 0, 1]), validation_data=(x, np.array([2, 3, -100])), verbose=0)
+
+
 # ----------------------------------------------------------------------------------------------
 # It learns, and HF reads the result
 

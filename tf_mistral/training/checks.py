@@ -1,14 +1,115 @@
 """What `fit` refuses and stops on, with errors that name the value and the step.
 
+- Ids and labels outside the model's ranges: in-memory arrays are checked before training
+  starts; a `tf.data.Dataset` gets a check in its pipeline (tf.data runs outside XLA, so the check
+  holds under `jit_compile=True`, where the embedding lookup would silently clamp). Labels may
+  also be -100 (no loss). Otherwise CPU kernels fail with a raw graph error and GPU ones compute
+  on zeros.
 - A learning rate that is not finite: refused by `compile` and before every batch (a schedule or
   a callback may produce one later), so a NaN rate never reaches the weights.
 - A loss that is not finite: `fit` stops after that batch with an error naming it (Keras'
   `TerminateOnNaN` stops without saying why, and only when asked).
 """
 
+import collections
 import math
+import re
 
 import keras
+import numpy as np
+import tensorflow as tf
+
+from tf_mistral.training.data import with_length
+from tf_mistral.training.losses import IGNORE_INDEX
+
+IdRange = collections.namedtuple("IdRange", ["name", "size", "ignorable", "bound"])
+IdRange.__doc__ = """The values one input may hold: [0, size), and -100 when `ignorable`.
+
+name: the input's key ("input_ids", "labels"); bound: what the size is, for the message
+("the vocabulary has 32000 ids").
+"""
+
+# How the messages of `_out_of_range` start, to find them inside TensorFlow's error text.
+_REFUSED = re.compile(r"assertion failed: \[((?:input_ids|labels) contain [^\]]*)\]")
+
+
+def id_ranges(task, vocab_size, num_labels):
+    """The `IdRange`s of the inputs of the head `task`: input ids, and labels (ids for the causal LM,
+    classes for the classifiers)."""
+    ids = f"the vocabulary has {vocab_size} ids"
+    if task == "causal_lm":
+        labels = IdRange("labels", vocab_size, True, f"{ids} (labels are ids, or -100 for no loss)")
+    else:
+        labels = IdRange("labels", num_labels, True,
+                         f"the model has {num_labels} labels (0 to {num_labels - 1}, or -100 for no loss)")
+    return [IdRange("input_ids", vocab_size, False, ids), labels]
+
+
+def _named_inputs(x, y):
+    """{"input_ids": ..., "labels": ...} of a batch (or of arrays), for those it has."""
+    named = {}
+    if isinstance(x, dict):
+        named.update((key, x[key]) for key in ("input_ids", "labels") if x.get(key) is not None)
+    elif x is not None:
+        named["input_ids"] = x
+    if y is not None:
+        named["labels"] = y
+    return named
+
+
+def _out_of_range(values, id_range, batch=None):
+    """tf.string scalar: "" if every value of the int `values` (`[rows]` or `[rows, columns]`) is
+    in `id_range`, else a sentence naming the first one that is not and where it is (`batch`: the
+    index of the batch in its epoch, int64 scalar, or None for whole arrays)."""
+    values = tf.cast(values, tf.int64)
+    bad = (values < 0) | (values >= id_range.size)
+    if id_range.ignorable:
+        bad &= tf.not_equal(values, IGNORE_INDEX)
+    found = tf.where(bad)  # [bad values, rank]
+    place = ", ".join(f"{axis} {{}}" for axis in ("row", "column")[: values.shape.rank])
+    if batch is not None:
+        place = f"batch {{}}, {place}"
+
+    def sentence():
+        first = found[0]
+        where = ([batch] if batch is not None else []) + tf.unstack(first)
+        template = f"{id_range.name} contain {{}} at {place}, but {id_range.bound}"
+        return tf.strings.format(template, (tf.gather_nd(values, first), *where))
+
+    return tf.cond(tf.size(found) > 0, sentence, lambda: tf.constant(""))
+
+
+def check_arrays(x, y, id_ranges):
+    """Raises ValueError naming the first id or label of in-memory `x` / `y` (numpy arrays or
+    tensors, `x` possibly a dict) outside `id_ranges`. Other inputs (datasets, generators) pass."""
+    ranges = {r.name: r for r in id_ranges}
+    for name, values in _named_inputs(x, y).items():
+        if not isinstance(values, (np.ndarray, tf.Tensor)):
+            continue
+        message = _out_of_range(values, ranges[name]).numpy().decode()
+        if message:
+            raise ValueError(message)
+
+
+def checked_dataset(dataset, id_ranges):
+    """`dataset` whose batches fail, with the message of `_out_of_range`, when an id or label is
+    outside `id_ranges` (`refused_input` turns that failure back into the message). Batches are
+    dicts, `x`, `(x, y)` or `(x, y, sample_weight)` as Keras takes them; the reported length is kept."""
+    ranges = {r.name: r for r in id_ranges}
+
+    def check(batch, element):
+        x, y, _ = keras.utils.unpack_x_y_sample_weight(element)
+        messages = [_out_of_range(values, ranges[name], batch) for name, values in _named_inputs(x, y).items()]
+        with tf.control_dependencies([tf.debugging.Assert(tf.equal(m, ""), [m]) for m in messages]):
+            return tf.nest.map_structure(tf.identity, element)
+
+    return with_length(dataset.enumerate().map(check), dataset.cardinality())
+
+
+def refused_input(error):
+    """The message of `checked_dataset`'s failure inside a TensorFlow error, or None."""
+    match = _REFUSED.search(str(error))
+    return match.group(1) if match else None
 
 
 def check_learning_rate(optimizer, when):

@@ -27,6 +27,7 @@ import json
 import os
 
 import tensorflow as tf
+from tensorflow.python.data.ops import dataset_ops
 
 from tf_mistral import chat
 from tf_mistral.training.losses import IGNORE_INDEX
@@ -159,6 +160,26 @@ def _example_encoder(examples, tokenizer, train_on):
 
 
 # ---- batching -------------------------------------------------------------------------------
+
+
+class _DeclaredLength(dataset_ops.UnaryUnchangedStructureDataset):
+    """`dataset`, reporting `length` batches as its cardinality to Keras (tf.data has no public
+    way to state the length of a dataset whose length it cannot infer)."""
+
+    def __init__(self, dataset, length):
+        self._length = length
+        super().__init__(dataset, dataset._variant_tensor)
+
+    def cardinality(self):
+        return tf.constant(self._length, tf.int64)
+
+
+def with_length(dataset, length):
+    """`dataset`, telling Keras it has `length` batches (an int or int64 scalar) when its own
+    cardinality differs: the length of a dataset tf.data cannot count (`ResumableBackup.dataset`),
+    which a transformation of it (`map`) would otherwise lose."""
+    length = int(length)
+    return dataset if int(dataset.cardinality()) == length else _DeclaredLength(dataset, length)
 
 
 def example_order(count, shuffle, seed, epoch):

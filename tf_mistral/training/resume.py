@@ -29,9 +29,9 @@ import shutil
 import keras
 import numpy as np
 import tensorflow as tf
-from tensorflow.python.data.ops import dataset_ops
 
 from tf_mistral import checkpoint, safetensors_io
+from tf_mistral.training.data import with_length
 
 STATE_FILE = "state.safetensors"
 METADATA_FILE = "training_metadata.json"
@@ -76,18 +76,6 @@ def load_training_state(model, path):
         variable.assign(stored.read(name))
 
 
-class _DeclaredLength(dataset_ops.UnaryUnchangedStructureDataset):
-    """`dataset`, reporting `length` batches as its cardinality to Keras (tf.data has no public
-    way to state the length of a dataset whose length it cannot infer)."""
-
-    def __init__(self, dataset, length):
-        self._length = length
-        super().__init__(dataset, dataset._variant_tensor)
-
-    def cardinality(self):
-        return tf.constant(self._length, tf.int64)
-
-
 class ResumableBackup(keras.callbacks.BackupAndRestore):
     """Backs up training every `save_freq` batches (or "epoch") and resumes where it stopped.
 
@@ -120,7 +108,7 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
         if metadata is None or not metadata["batches"]:
             return resumable
         self.epoch.assign(metadata["epoch"])
-        return _DeclaredLength(resumable, int(dataset.reduce(np.int64(0), lambda count, _: count + 1)))
+        return with_length(resumable, int(dataset.reduce(np.int64(0), lambda count, _: count + 1)))
 
     # ---- Keras hooks ----------------------------------------------------------------------------
 

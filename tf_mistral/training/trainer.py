@@ -20,7 +20,8 @@ gradient accumulation and `tf.distribute` strategies run as in any Keras model.
   are NaN and the count 0, never a perfect score.
 - `compile(loss=...)` replaces the default; the loss then gets `(labels, logits)`.
 - Guards (`tf_mistral.training.checks`): `compile` refuses a learning rate that is not finite;
-  `fit` stops with an error naming the batch when the learning rate or the loss stops being finite.
+  `fit` refuses ids and labels outside the model's ranges, naming the value and where it is, and
+  stops with an error naming the batch when the learning rate or the loss stops being finite.
 """
 
 import keras
@@ -159,13 +160,37 @@ class TrainingMixin:
             class_weight=class_weight,
         )
 
-    def fit(self, x=None, y=None, *args, callbacks=None, **kwargs):
-        """Keras `fit`, stopped with an error naming the batch at a learning rate (checked before each
-        batch) or a loss (after it) that is not finite (`checks.StopOnNonFinite`, run first)."""
+    def fit(self, x=None, y=None, *args, callbacks=None, validation_data=None, **kwargs):
+        """Keras `fit`, with the guards of `training.checks`.
+
+        - An id or label of `x` / `y` / `validation_data` outside the model's ranges: ValueError
+          naming the value, where it is and the range, before a step reads it.
+        - A learning rate (checked before each batch) or a loss (after it) that is not finite:
+          an error naming the batch (`checks.StopOnNonFinite`, the first callback).
+        """
+        x, y = self._checked_inputs(x, y)
+        if validation_data is not None:
+            val_x, val_y, val_weight = keras.utils.unpack_x_y_sample_weight(validation_data)
+            validation_data = keras.utils.pack_x_y_sample_weight(*self._checked_inputs(val_x, val_y), val_weight)
         defaults = getattr(self, "_training_defaults", None)
         counted = defaults.counted.name if defaults is not None and defaults.counted is not None else None
         callbacks = [checks.StopOnNonFinite(counted), *(callbacks or [])]
-        return super().fit(x, y, *args, callbacks=callbacks, **kwargs)
+        try:
+            return super().fit(x, y, *args, callbacks=callbacks, validation_data=validation_data, **kwargs)
+        except tf.errors.InvalidArgumentError as error:  # a dataset's check (checks.checked_dataset)
+            message = checks.refused_input(error)
+            if message is None:
+                raise
+            raise ValueError(message) from None
+
+    def _checked_inputs(self, x, y):
+        """`(x, y)` with their ids and labels checked against the model's ranges: in-memory arrays
+        now, a `tf.data.Dataset` as its batches are read (`training.checks`)."""
+        ranges = checks.id_ranges(self.training_task, self.config.vocab_size, self.config.num_labels)
+        if isinstance(x, tf.data.Dataset):
+            return checks.checked_dataset(x, ranges), y
+        checks.check_arrays(x, y, ranges)
+        return x, y
 
     @property
     def metrics(self):
