@@ -14,7 +14,7 @@ import tensorflow as tf
 from tf_mistral import cache as kv_cache
 from tf_mistral.generation import loop
 from tf_mistral.generation.config import GenerationConfig
-from tf_mistral.generation.outputs import GenerateOutput, cut_at_stop_strings, transition_scores
+from tf_mistral.generation.outputs import cut_at_stop_strings, generate_output, transition_scores
 from tf_mistral.generation.processors import Processing
 from tf_mistral.generation.sampling import SamplingMode, validate_sampling, validate_seed
 
@@ -167,13 +167,7 @@ class GenerationMixin:
             prompts = [row[keep.astype(bool)] for row, keep in zip(input_ids, attention_mask)]
             tokens, steps = cut_at_stop_strings(tokens[:, :steps], prompts, stop_strings, tokenizer, sampling)
         sequences = np.concatenate([input_ids, tokens[:, :steps]], axis=1)
-        if not config.return_dict_in_generate:
-            return sequences
-        return GenerateOutput(sequences, **{
-            name: tuple(state[key].numpy()[:, i] for i in range(steps))
-            for name, key, wanted in (("scores", "scores", config.output_scores), ("logits", "raw_logits", config.output_logits))
-            if wanted
-        })
+        return generate_output(config, sequences, state, lambda recorded: tuple(recorded.numpy()[:, :steps].swapaxes(0, 1)))
 
     def _check_prompt(self, input_ids, attention_mask):
         """Raises ValueError for int `[batch, prompt]` ids and mask that `generate` cannot continue."""
@@ -250,13 +244,7 @@ class GenerationMixin:
                            sampling.processing)
         state = loop.decode(self, state, max_new_tokens, sampling)
         sequences = tf.concat([input_ids, state["tokens"]], axis=1)
-        if not config.return_dict_in_generate:
-            return sequences
-        return GenerateOutput(sequences, **{
-            name: tuple(tf.unstack(state[key], axis=1))
-            for name, key, wanted in (("scores", "scores", config.output_scores), ("logits", "raw_logits", config.output_logits))
-            if wanted
-        })
+        return generate_output(config, sequences, state, lambda recorded: tuple(tf.unstack(recorded, axis=1)))
 
     def compute_transition_scores(self, sequences, scores, normalize_logits=False):
         """HF's `compute_transition_scores` for greedy and sampled outputs.

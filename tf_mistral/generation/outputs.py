@@ -27,6 +27,16 @@ class GenerateOutput:
         return [field.name for field in dataclasses.fields(self) if getattr(self, field.name) is not None]
 
 
+def generate_output(config, sequences, state, split):
+    """What `generate` returns: `sequences`, or with `return_dict_in_generate` a `GenerateOutput`
+    whose `scores` / `logits` (when asked) are `split` of the loop state's recorded float32
+    `[rows, width, vocab]` buffer: one `[rows, vocab]` per step made."""
+    if not config.return_dict_in_generate:
+        return sequences
+    recorded = {"scores": ("scores", config.output_scores), "logits": ("raw_logits", config.output_logits)}
+    return GenerateOutput(sequences, **{name: split(state[key]) for name, (key, wanted) in recorded.items() if wanted})
+
+
 def transition_scores(sequences, scores, normalize_logits=False):
     """float32 numpy `[rows, n]`: the score of each of the last n tokens of `sequences` (int
     `[rows, prompt + n]`) in its step's `scores` (n float `[rows, vocab]`), log-softmaxed first
