@@ -46,7 +46,7 @@ from tf_mistral.export import tflite_assembly
 from tf_mistral.export.progress import Progress, peak_rss_gb
 from tf_mistral.export.tflite_runner import weight_cache_path, write_sidecar
 from tf_mistral.export.tflite_options import DEFAULT_PREFILL_LENGTHS, INT4_BLOCK_SIZE, QUANTIZE_OPTIONS
-from tf_mistral.export.tflite_weights import WEIGHT_INPUT_PREFIX, norm_names, weight_plan
+from tf_mistral.export.tflite_weights import WEIGHT_INPUT_PREFIX, norm_names, weight_encodings, weight_plan
 from tf_mistral.models.causal_lm import TFMistralForCausalLM
 from tf_mistral.safetensors_io import CheckpointError, open_checkpoint
 
@@ -296,6 +296,7 @@ def export_tflite(
     litertlm=False,
     tokenizer=None,
     progress=True,
+    int8_weights=(),
 ):
     """Converts a causal LM to a `.tflite` file with `prefill_{N}` and `decode` signatures.
 
@@ -313,6 +314,8 @@ def export_tflite(
         tokenizer: SentencePiece model for the bundle (a path, a `MistralTokenizer`, or None for
             the checkpoint's tokenizer.model, else the default Mistral tokenizer).
         progress: print the stages (tracing, converting, writing) and a byte bar over the weights.
+        int8_weights: with quantize="int4", the weights kept in int8: every weight whose HF name
+            contains one of these (e.g. ("embed_tokens", "lm_head")); see `tflite_weights`.
 
     Returns:
         dict: `path`, `litertlm` (bundle path or None), `bytes`, `cache_length`, `prefill_lengths`,
@@ -329,8 +332,10 @@ def export_tflite(
     config, read = weight_reader(checkpoint)
     slots, lengths = resolve_lengths(config, cache_length, prefill_lengths)
     output = os.fspath(output)
+    plan = weight_plan(config)
+    encodings = weight_encodings(plan, quantize, int8_weights)
     if quantize == "int4":
-        bad = [w.name for w in weight_plan(config) if w.shape[1] % INT4_BLOCK_SIZE]
+        bad = [w.name for w in plan if encodings[w.name] == "int4" and w.shape[1] % INT4_BLOCK_SIZE]
         if bad:
             raise ValueError(f"int4 blocks of {INT4_BLOCK_SIZE} need input sizes divisible by it: {bad[:3]}")
 
@@ -339,9 +344,10 @@ def export_tflite(
     report("converting the graph (TF -> TFLite builtins; weights are inputs)")
     graph = convert_graph(functions)
     del functions
-    report(f"writing {output}: {_ENCODING[quantize]}, one tensor at a time")
+    kept = sum(encoding != quantize for encoding in encodings.values())
+    report(f"writing {output}: {_ENCODING[quantize]}{f' ({kept} kept in int8)' if kept else ''}, one tensor at a time")
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-    head, size = tflite_assembly.write_model(graph, weight_plan(config), quantize, read, output, progress=progress)
+    head, size = tflite_assembly.write_model(graph, plan, encodings, read, output, progress=progress)
     check_builtin_ops(head)
     write_sidecar(output, config, slots, lengths, quantize)
     stale = weight_cache_path(output)  # XNNPACK's packed weights of a previous file at this path

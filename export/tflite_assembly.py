@@ -34,11 +34,12 @@ def _round_up(value):
 
 
 class _Bound:
-    """Where one weight went: its data buffer, its int4 scales buffer, and the tensors
-    `(subgraph index, tensor index)` whose int8 scale vectors get its scales."""
+    """Where one weight went: its encoding, its data buffer, its int4 scales buffer, and the
+    tensors `(subgraph index, tensor index)` whose int8 scale vectors get its scales."""
 
-    def __init__(self, weight, data_buffer, scales_buffer=None):
-        self.weight, self.data_buffer, self.scales_buffer = weight, data_buffer, scales_buffer
+    def __init__(self, weight, encoding, data_buffer, scales_buffer=None):
+        self.weight, self.encoding = weight, encoding
+        self.data_buffer, self.scales_buffer = data_buffer, scales_buffer
         self.scaled_tensors = []
 
 
@@ -46,8 +47,8 @@ def _consumers(subgraph, tensor):
     return [op for op in subgraph.operators if tensor in op.inputs]
 
 
-def _bind(model, subgraph_index, tensor_index, bound, quantize):
-    """Makes tensor `tensor_index` of the subgraph the constant weight of `bound`."""
+def _bind(model, subgraph_index, tensor_index, bound):
+    """Makes tensor `tensor_index` of the subgraph the constant weight of `bound`, in its encoding."""
     subgraph = model.subgraphs[subgraph_index]
     tensor = subgraph.tensors[tensor_index]
     weight = bound.weight
@@ -59,13 +60,13 @@ def _bind(model, subgraph_index, tensor_index, bound, quantize):
     if found != [expected]:
         raise ValueError(f"{weight.name} feeds {found} in the converted graph, where the exporter "
                          f"expects {expected}: the TF converter changed how it lowers the model")
-    name = weight.name
-    if quantize == "none":
+    name, encoding = weight.name, bound.encoding
+    if encoding == "none":
         tensor.buffer = bound.data_buffer
-    elif quantize == "fp16":
+    elif encoding == "fp16":
         half = edit.add_tensor(subgraph, f"{name}/fp16", weight.shape, schema.TensorType.FLOAT16, bound.data_buffer)
         subgraph.operators.insert(0, edit.dequantize_op(model, half, tensor_index))
-    elif quantize == "int8":
+    elif encoding == "int8":
         tensor.buffer, tensor.type = bound.data_buffer, schema.TensorType.INT8
         scales = 1 if name == EMBEDDING else weight.shape[0]
         tensor.quantization = _int8_quantization(scales)
@@ -83,7 +84,7 @@ def _bind(model, subgraph_index, tensor_index, bound, quantize):
         else:
             for op in consumers:
                 op.builtinOptions.asymmetricQuantizeInputs = True
-    elif quantize == "int4":
+    elif encoding == "int4":
         tensor.buffer, tensor.type = bound.data_buffer, schema.TensorType.INT4
         scales = edit.add_tensor(subgraph, f"{name}_scales", weights_mod.int4_scales_shape(weight.shape),
                                  schema.TensorType.FLOAT16, bound.scales_buffer)
@@ -108,14 +109,16 @@ def _int8_quantization(count):
     return quantization
 
 
-def bind_weights(model, plan, quantize):
-    """Binds every weight input of every signature of `model` (a `ModelT`); returns `[_Bound]`
-    in plan order. Raises ValueError when a signature lacks a weight or has an unknown input."""
+def bind_weights(model, plan, encodings):
+    """Binds every weight input of every signature of `model` (a `ModelT`), each weight in its
+    encoding (`{HF name: encoding}`); returns `[_Bound]` in plan order. Raises ValueError when a
+    signature lacks a weight or has an unknown input."""
     bound = {}
     for weight in plan:
+        encoding = encodings[weight.name]
         data = edit.add_buffer(model)
-        scales = edit.add_buffer(model) if quantize == "int4" else None
-        bound[weight.input_name] = _Bound(weight, data, scales)
+        scales = edit.add_buffer(model) if encoding == "int4" else None
+        bound[weight.input_name] = _Bound(weight, encoding, data, scales)
     for signature in model.signatureDefs:
         subgraph = model.subgraphs[signature.subgraphIndex]
         inputs = {entry.name.decode(): entry.tensorIndex for entry in signature.inputs}
@@ -124,44 +127,44 @@ def bind_weights(model, plan, quantize):
             raise ValueError(f"signature {signature.signatureKey.decode()} lacks weight inputs, e.g. {missing[:3]}")
         for name, tensor_index in inputs.items():
             if name.startswith(WEIGHT_INPUT_PREFIX):
-                _bind(model, signature.subgraphIndex, tensor_index, bound[name], quantize)
+                _bind(model, signature.subgraphIndex, tensor_index, bound[name])
         kept = [entry for entry in signature.inputs if not entry.name.decode().startswith(WEIGHT_INPUT_PREFIX)]
         signature.inputs = kept
         subgraph.inputs = [entry.tensorIndex for entry in kept]
     return list(bound.values())
 
 
-def _buffer_sizes(bound, quantize):
+def _buffer_sizes(bound):
     """`[(buffer index, bytes)]` in the order the weights are written."""
     sizes = []
     for item in bound:
-        sizes.append((item.data_buffer, weights_mod.data_nbytes(item.weight.shape, quantize)))
+        sizes.append((item.data_buffer, weights_mod.data_nbytes(item.weight.shape, item.encoding)))
         if item.scales_buffer is not None:
             rows, blocks = weights_mod.int4_scales_shape(item.weight.shape)
             sizes.append((item.scales_buffer, 2 * rows * blocks))
     return sizes
 
 
-def _encode(array, quantize, embedding):
+def _encode(array, encoding, embedding):
     """`(main bytes, int4 scale bytes or None, int8 scales or None)` of a float32 weight."""
-    if quantize == "none":
+    if encoding == "none":
         return array, None, None
-    if quantize == "fp16":
+    if encoding == "fp16":
         return weights_mod.encode_float16(array), None, None
-    if quantize == "int8":
+    if encoding == "int8":
         data, scales = (weights_mod.encode_int8_tensor if embedding else weights_mod.encode_int8_rows)(array)
         return data, None, scales
     data, scales = weights_mod.encode_int4_blocks(array)
     return data, scales, None
 
 
-def write_model(converted, plan, quantize, read, output, progress=True):
+def write_model(converted, plan, encodings, read, output, progress=True):
     """Writes the `.tflite` file at `output` (atomically: `output.partial`, then renamed).
 
     Args:
         converted: flatbuffer bytes from the TF converter, with an input per weight (`Weight.input_name`).
         plan: `[tflite_weights.Weight]`, the weights the graph takes.
-        quantize: one of `tflite_options.QUANTIZE_OPTIONS`.
+        encodings: `{HF name: one of tflite_options.QUANTIZE_OPTIONS}` (`tflite_weights.weight_encodings`).
         read: `read(hf_name)` -> the checkpoint tensor as a numpy array (any float dtype).
         output: the file to write.
         progress: a byte progress bar over the weights.
@@ -170,8 +173,8 @@ def write_model(converted, plan, quantize, read, output, progress=True):
         `(the packed flatbuffer (graph and metadata, without the weights), the file size in bytes)`.
     """
     model = flatbuffer_utils.read_model_from_bytearray(memoryview(converted))
-    bound = bind_weights(model, plan, quantize)
-    sizes = _buffer_sizes(bound, quantize)
+    bound = bind_weights(model, plan, encodings)
+    sizes = _buffer_sizes(bound)
     for index, _ in sizes:
         model.buffers[index].offset, model.buffers[index].size = 1, 1  # reserve the fields
     head = flatbuffer_utils.convert_object_to_bytearray(model)
@@ -189,7 +192,7 @@ def write_model(converted, plan, quantize, read, output, progress=True):
                                                  disable=not progress) as bar:
             for item in bound:
                 array = weights_mod.float_weight(read, item.weight)
-                data, scale_bytes, scales = _encode(array, quantize, item.weight.name == EMBEDDING)
+                data, scale_bytes, scales = _encode(array, item.encoding, item.weight.name == EMBEDDING)
                 del array
                 _write_at(file, offsets[item.data_buffer], data)
                 if scale_bytes is not None:
@@ -197,7 +200,7 @@ def write_model(converted, plan, quantize, read, output, progress=True):
                 for subgraph_index, tensor_index in item.scaled_tensors:
                     vector = packed.Subgraphs(subgraph_index).Tensors(tensor_index).Quantization().ScaleAsNumpy()
                     vector[:] = scales
-                bar.update(weights_mod.data_nbytes(item.weight.shape, quantize))
+                bar.update(weights_mod.data_nbytes(item.weight.shape, item.encoding))
             file.truncate(position)
             _write_at(file, 0, np.frombuffer(head, np.uint8))
             file.flush()

@@ -21,6 +21,8 @@ them as before):
     int4  int4 in blocks of `INT4_BLOCK_SIZE` values along the input axis, one float16 scale per
           block (rounded to 7 mantissa bits), two values a byte, the first in the low nibble
           (ai-edge-quantizer's blockwise recipe); the embedding through EMBEDDING_LOOKUP.
+An int4 export can keep some weights in int8 (`int8_weights`, e.g. the embedding and `lm_head`):
+each weight has its own encoding (`weight_encodings`), and LiteRT picks each op's kernel from it.
 """
 
 import dataclasses
@@ -80,6 +82,22 @@ def weight_plan(config):
             plan.append(Weight(f"{prefix}.{proj}.weight", shape, norm))
     plan.append(Weight("lm_head.weight", (config.vocab_size, hidden), "model.norm.weight"))
     return plan
+
+
+def weight_encodings(plan, quantize, int8_weights=()):
+    """`{HF name: encoding}` for the weights of `plan`: `quantize` for each, but "int8" for those of
+    an int4 export whose name contains one of `int8_weights` ("lm_head", "embed_tokens",
+    "mlp.down_proj", "layers.0."). Raises ValueError for an entry that names no weight, or for
+    `int8_weights` with another `quantize`."""
+    int8_weights = tuple(int8_weights or ())
+    if int8_weights and quantize != "int4":
+        raise ValueError(f"int8_weights keeps weights of an int4 export in int8; with quantize={quantize!r} "
+                         "every weight is already encoded alike: drop int8_weights or use quantize='int4'")
+    unmatched = [part for part in int8_weights if not any(part in w.name for w in plan)]
+    if unmatched:
+        raise ValueError(f"int8_weights {unmatched} match no weight; weights are named like "
+                         f"{plan[0].name!r}, {plan[1].name!r}, {plan[-1].name!r}")
+    return {w.name: "int8" if any(part in w.name for part in int8_weights) else quantize for w in plan}
 
 
 def norm_names(config):

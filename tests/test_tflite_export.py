@@ -216,6 +216,47 @@ def test_quantized_files_are_smaller(exported):
     assert sizes["int4"] < sizes["int8"]
 
 
+def weight_types(path):
+    """`{weight input name: TFLite tensor type name}` in a file's `decode` subgraph."""
+    from ai_edge_litert import schema_py_generated as schema
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.read_model(str(path))
+    types = {value: name for name, value in vars(schema.TensorType).items() if not name.startswith("_")}
+    decode = next(s for s in model.signatureDefs if s.signatureKey == b"decode")
+    tensors = model.subgraphs[decode.subgraphIndex].tensors
+    return {t.name.decode(): types[t.type] for t in tensors if t.name.startswith(b"decode_weight_")}
+
+
+def test_an_int4_export_keeps_the_named_weights_in_int8(tmp_path):
+    path = tmp_path / "mixed.tflite"
+    tflite.export_tflite(fixture_path("tiny_window"), path, quantize="int4", prefill_lengths=[4], cache_length=16,
+                         int8_weights=["embed_tokens", "lm_head"], progress=False)
+    types = weight_types(path)
+    assert sorted(name for name, kind in types.items() if kind == "INT8") == [
+        "decode_weight_lm_head_weight:0", "decode_weight_model_embed_tokens_weight:0"]
+    assert sum(kind == "INT4" for kind in types.values()) == len(types) - 2
+
+
+def test_an_int4_export_with_every_weight_int8_is_the_int8_file(exported, tmp_path):
+    path = tmp_path / "all_int8.tflite"
+    tflite.export_tflite(fixture_path("tiny_window"), path, quantize="int4", prefill_lengths=PREFILL, cache_length=16,
+                         int8_weights=["model.", "lm_head"], progress=False)
+    assert path.read_bytes() == exported(quantize="int8").read_bytes()
+
+
+def test_int8_weights_that_name_no_weight_are_rejected(tmp_path):
+    with pytest.raises(ValueError, match=r"int8_weights \['lm_head_typo'\] match no weight"):
+        tflite.export_tflite(fixture_path("tiny_window"), tmp_path / "m.tflite", quantize="int4",
+                             int8_weights=["lm_head_typo"])
+
+
+def test_int8_weights_need_an_int4_export(tmp_path):
+    with pytest.raises(ValueError, match="keeps weights of an int4 export in int8"):
+        tflite.export_tflite(fixture_path("tiny_window"), tmp_path / "m.tflite", quantize="fp16",
+                             int8_weights=["lm_head"])
+
+
 def test_progress_names_the_stages(tmp_path, capsys):
     tflite.export_tflite(fixture_path("tiny_window"), tmp_path / "m.tflite", prefill_lengths=[4], cache_length=16)
     printed = capsys.readouterr().out

@@ -356,6 +356,10 @@ def export_tflite_flags(p):
                         "clipped to the cache)")
     p.add_argument("--cache-length", type=arguments.positive_int, default=1024,
                    help="KV cache slots (default 1024; a sliding window caps it)")
+    p.add_argument("--int8-weights", type=lambda text: [part for part in text.split(",") if part], default=[],
+                   metavar="NAME,NAME,...",
+                   help="with --quantize int4: keep in int8 every weight whose Hugging Face name contains one of "
+                        "these, e.g. embed_tokens,lm_head (the quality table in docs/tflite.md)")
     p.add_argument("--litertlm", action="store_true", help="also write a LiteRT-LM bundle (.litertlm) beside it")
     p.add_argument("--tokenizer", metavar="PATH", help="tokenizer.model for the bundle (default: the checkpoint's)")
 
@@ -368,6 +372,7 @@ def export_tflite(args):
     result = export(
         args.checkpoint, args.output, quantize=args.quantize, prefill_lengths=args.prefill_lengths,
         cache_length=args.cache_length, litertlm=args.litertlm, tokenizer=args.tokenizer,
+        int8_weights=args.int8_weights,
     )
     print(f"wrote {result['path']} ({human_size(result['bytes'])}, {result['cache_length']} cache slots, "
           f"signatures {', '.join(f'prefill_{n}' for n in result['prefill_lengths'])}, decode)")
