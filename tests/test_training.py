@@ -262,17 +262,17 @@ def test_a_batch_without_labels_changes_nothing_that_fit_trains_or_reports():
     def train(x):
         model = fresh()
         model.compile(optimizer=keras.optimizers.AdamW(1e-2))  # weight decay and momentum move weights on a zero gradient
-        history = model.fit(x, batch_size=2, epochs=2, shuffle=False, verbose=0).history
+        history = model.fit(x, batch_size=2, shuffle=False, verbose=0).history
         return model, history
 
     plain, plain_history = train({"input_ids": ids, "labels": ids})
     padded, padded_history = train(with_batch_without_labels(ids, at=2))
-    assert int(padded.optimizer.iterations.numpy()) == int(plain.optimizer.iterations.numpy()) == 4
+    assert int(padded.optimizer.iterations.numpy()) == int(plain.optimizer.iterations.numpy()) == 2
     for a, b in zip(plain.weights + plain.optimizer.variables, padded.weights + padded.optimizer.variables):
         np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-6, err_msg=a.path)
     for name in ("loss", "perplexity", "accuracy", "tokens"):
         np.testing.assert_allclose(padded_history[name], plain_history[name], rtol=1e-6, err_msg=name)
-    assert plain_history["tokens"] == [4 * 11, 4 * 11]  # per epoch: 4 rows of 11 predicted tokens
+    assert plain_history["tokens"] == [4 * 11]  # 4 rows of 11 predicted tokens
 
 
 def test_evaluate_leaves_a_batch_without_labels_out_of_the_loss():

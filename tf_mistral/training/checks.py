@@ -60,7 +60,7 @@ def _named_inputs(x, y):
 def _out_of_range(values, id_range, batch=None):
     """tf.string scalar: "" if every value of the int `values` (`[rows]` or `[rows, columns]`) is
     in `id_range`, else a sentence naming the first one that is not and where it is (`batch`: the
-    index of the batch in its epoch, int64 scalar, or None for whole arrays)."""
+    batch's index in this pass over its dataset, int64 scalar, or None for whole arrays)."""
     values = tf.cast(values, tf.int64)
     bad = (values < 0) | (values >= id_range.size)
     if id_range.ignorable:
@@ -79,27 +79,28 @@ def _out_of_range(values, id_range, batch=None):
     return tf.cond(tf.size(found) > 0, sentence, lambda: tf.constant(""))
 
 
-def check_arrays(x, y, id_ranges):
+def check_arrays(x, y, ranges):
     """Raises ValueError naming the first id or label of in-memory `x` / `y` (numpy arrays or
-    tensors, `x` possibly a dict) outside `id_ranges`. Other inputs (datasets, generators) pass."""
-    ranges = {r.name: r for r in id_ranges}
+    tensors, `x` possibly a dict) outside `ranges` (`id_ranges`). Other inputs (generators) pass."""
+    by_name = {r.name: r for r in ranges}
     for name, values in _named_inputs(x, y).items():
         if not isinstance(values, (np.ndarray, tf.Tensor)):
             continue
-        message = _out_of_range(values, ranges[name]).numpy().decode()
+        message = _out_of_range(values, by_name[name]).numpy().decode()
         if message:
             raise ValueError(message)
 
 
-def checked_dataset(dataset, id_ranges):
+def checked_dataset(dataset, ranges):
     """`dataset` whose batches fail, with the message of `_out_of_range`, when an id or label is
-    outside `id_ranges` (`refused_input` turns that failure back into the message). Batches are
-    dicts, `x`, `(x, y)` or `(x, y, sample_weight)` as Keras takes them; the reported length is kept."""
-    ranges = {r.name: r for r in id_ranges}
+    outside `ranges` (`id_ranges`; `refused_input` turns that failure back into the message).
+    Batches are dicts, `x`, `(x, y)` or `(x, y, sample_weight)` as Keras takes them; the reported
+    length is kept."""
+    by_name = {r.name: r for r in ranges}
 
     def check(batch, element):
         x, y, _ = keras.utils.unpack_x_y_sample_weight(element)
-        messages = [_out_of_range(values, ranges[name], batch) for name, values in _named_inputs(x, y).items()]
+        messages = [_out_of_range(values, by_name[name], batch) for name, values in _named_inputs(x, y).items()]
         with tf.control_dependencies([tf.debugging.Assert(tf.equal(m, ""), [m]) for m in messages]):
             return tf.nest.map_structure(tf.identity, element)
 
