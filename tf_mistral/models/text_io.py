@@ -73,21 +73,21 @@ class TextMixin:
             )
         return self.preprocessor.tokenizer
 
-    def generate(self, inputs, *args, **kwargs):
-        """`GenerationMixin.generate`; with a preprocessor, `inputs` may also be a str or a list of
-        str, and the result is then the prompts followed by their continuations, as str (a list
+    def generate(self, input_ids, *args, **kwargs):
+        """`GenerationMixin.generate`; with a preprocessor, `input_ids` may also be a str or a list
+        of str, and the result is then the prompts followed by their continuations, as str (a list
         for a list), special tokens dropped (KerasHub's `CausalLM.generate`)."""
-        if not is_text(inputs):
-            return super().generate(inputs, *args, **kwargs)
+        if not is_text(input_ids):
+            return super().generate(input_ids, *args, **kwargs)
         tokenizer = self._tokenizer_for_text()
         if kwargs.get("return_dict_in_generate"):
             raise ValueError("generate on strings returns strings: pass token ids for return_dict_in_generate")
-        batch = tokenizer([inputs] if isinstance(inputs, str) else list(inputs), padding=True, padding_side="left",
+        batch = tokenizer([input_ids] if isinstance(input_ids, str) else list(input_ids), padding=True, padding_side="left",
                           return_tensors="np")
         kwargs.setdefault("tokenizer", tokenizer)
         sequences = super().generate(batch["input_ids"], batch["attention_mask"], *args, **kwargs)
         texts = tokenizer.batch_decode(sequences, skip_special_tokens=True)
-        return texts[0] if isinstance(inputs, str) else texts
+        return texts[0] if isinstance(input_ids, str) else texts
 
     def predict(self, x, *args, **kwargs):
         """Keras `predict`; with a preprocessor, `x` may also be strings (run through it first)."""
