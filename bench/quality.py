@@ -188,7 +188,7 @@ def tflite_perplexity(path, ids, labels):
 # Report
 
 
-def report(log, sizes, held_ids, keras_ppl, results, tokens):
+def report(log, sizes, held_ids, keras_ppl, results, tokens, command):
     base = results["none"]["perplexity"] if "none" in results else keras_ppl
     steps = log["steps"]
     stopped = f" (stopped early: {log['planned_steps']} planned)" if steps < log["planned_steps"] else ""
@@ -199,7 +199,7 @@ def report(log, sizes, held_ids, keras_ppl, results, tokens):
         f"Measured {time.strftime('%Y-%m-%d')}. Command (trains once, ~{log['seconds'] / 60:.0f} min here, then "
         "reuses the checkpoint in its work folder):",
         "",
-        f"    {COMMAND}",
+        f"    {command}",
         "",
         f"Model: the demo's shape (hidden 256, 4 layers, 8 heads / 2 kv heads, intermediate 768, window 64, "
         f"vocab 32000; {log['parameters'] / 1e6:.1f}M parameters), trained from scratch with Keras `fit` on "
@@ -209,7 +209,7 @@ def report(log, sizes, held_ids, keras_ppl, results, tokens):
         f"{log['learning_rate']:g}, in {log['seconds'] / 60:.1f} min on 2 shared cores. Held-out perplexity "
         f"(Keras) by step: {curve}.",
         f"Perplexity over the same {tokens:,} held-out tokens ({len(held_ids)} rows of {SEQUENCE}) for every "
-        "row; each .tflite file runs `decode` token by token (256 cache slots, 64 under the window).",
+        "variant; each .tflite file runs `decode` token by token (256 cache slots, 64 under the window).",
         "",
         "| variant | file MiB | held-out perplexity | vs float32 file |",
         "| --- | --- | --- | --- |",
@@ -258,7 +258,8 @@ def main():
         perplexity, _ = tflite_perplexity(path, held_ids, held_labels)
         results[variant] = dict(bytes=export["bytes"], perplexity=perplexity)
         print(f"{variant}: {export['bytes'] / 2**20:.1f} MiB, perplexity {perplexity:.3f}", flush=True)
-    text = report(log, sizes, held_ids, keras_ppl, results, tokens)
+    command = COMMAND + "".join(f" {arg}" for arg in sys.argv[1:])
+    text = report(log, sizes, held_ids, keras_ppl, results, tokens, command)
     replace_section(DOC, START, END, text, heading="\n## Quality\n\n")
     print(text)
 
