@@ -10,10 +10,11 @@ runs one runtime pays only for its own.
 import numpy as np
 
 
-def hf(folder, dtype, threads=None):
+def hf(folder, dtype, threads=None, resident=False):
     """HF transformers `MistralForCausalLM.generate` (PyTorch). `dtype`: "float32", "bfloat16", or
     "int8" (float32 weights, then `torch.ao.quantization.quantize_dynamic` on every nn.Linear).
-    `threads`: `torch.set_num_threads` (None: PyTorch's default)."""
+    `threads`: `torch.set_num_threads` (None: PyTorch's default). `resident`: read the weights
+    into the process's memory (`read_into_memory`), as tf_mistral holds them."""
     import torch
     import transformers
 
@@ -22,6 +23,8 @@ def hf(folder, dtype, threads=None):
     model = transformers.MistralForCausalLM.from_pretrained(
         folder, dtype=torch.float32 if dtype == "int8" else getattr(torch, dtype)
     ).eval()
+    if resident:
+        read_into_memory(model, folder)
     if dtype == "int8":
         model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
     model.generation_config.eos_token_id = None
@@ -34,6 +37,26 @@ def hf(folder, dtype, threads=None):
         return out.numpy()
 
     return generate
+
+
+def read_into_memory(model, folder):
+    """Replaces each parameter of the HF `model` by the same tensor read from the checkpoint into
+    memory. HF's parameters are views of the memory-mapped safetensors files: under memory
+    pressure the kernel drops their pages and a forward pass reads them from disk again (a 7B
+    model on a 24 GB machine shared with other work), which a benchmark of compute must not time.
+    The files are read (not mapped), one tensor at a time, so the peak stays one copy of the weights."""
+    import torch
+
+    from tf_mistral.safetensors_io import open_checkpoint
+
+    files = open_checkpoint(folder)
+    for name, parameter in model.named_parameters():
+        array = files[name].read(name)
+        if array.dtype.name == "bfloat16":  # ml_dtypes' bfloat16, which torch cannot take
+            tensor = torch.from_numpy(array.view(np.int16)).view(torch.bfloat16)
+        else:
+            tensor = torch.from_numpy(array)
+        parameter.data = tensor.to(parameter.dtype)
 
 
 def keras(folder, dtype, quantize=None, jit_compile=None, threads=None):

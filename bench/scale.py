@@ -154,7 +154,7 @@ def generate_child(name, target, threads):
     """Loads one `generate` path (`target`: the checkpoint, or the SavedModel version folder),
     `measure`s it and prints a JSON line with the figures, its load time and peak RSS."""
     makers = {
-        "hf": lambda: runtimes.hf(target, "bfloat16", threads),
+        "hf": lambda: runtimes.hf(target, "bfloat16", threads, resident=True),
         "keras": lambda: runtimes.keras(target, "bfloat16", threads=threads),
         "keras-int8": lambda: runtimes.keras(target, "bfloat16", quantize="int8", threads=threads),
         "saved-model": lambda: runtimes.saved_model(target, threads),
