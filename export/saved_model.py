@@ -211,8 +211,10 @@ def export_saved_model(
             or a loaded `TFMistralForCausalLM` / `TFMistralForSequenceClassification`.
         output: the model's base folder `BASE/NAME` (TF Serving's `--model_base_path`).
         version: integer version; default the next free one.
-        max_length: most positions per row (prompt + reply); the KV cache has
-            `min(max_length, sliding_window)` slots. Classifiers cut texts to this many tokens.
+        max_length: most positions per row (prompt + reply). A request's KV cache has the
+            bucket of slots its prompt + max_new_tokens need (`generation.buckets.cache_length`),
+            at most `min(max_length, sliding_window)`: always that many with `xla`.
+            Classifiers cut texts to this many tokens.
         max_new_tokens: most new tokens per request, and what `serving_default` generates.
         dtype: "bfloat16" (default; half the memory, slower on CPU), "float32" or "float16": the
             variables are stored and computed in it, loaded from the checkpoint without a float32
@@ -225,7 +227,7 @@ def export_saved_model(
 
     Returns:
         dict: `path` (the version folder), `version`, `signatures` (names), `ops` (op types),
-        `cache_length`, `stages` ((stage, seconds, peak RSS GB)), `peak_rss_gb`.
+        `cache_length` (the longest cache), `stages` ((stage, seconds, peak RSS GB)), `peak_rss_gb`.
     """
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
@@ -252,7 +254,8 @@ def export_saved_model(
     else:
         module = serving_signatures.ClassificationSignatures(model, tokenizer, max_length)
         trace_scope, cache_length = contextlib.nullcontext, None
-    report(f"tracing signatures ({'XLA loop' if xla else 'no XLA'}, {cache_length or 'no'} cache slots)")
+    slots = f"{cache_length} cache slots" if xla else f"up to {cache_length} cache slots per request"
+    report(f"tracing signatures ({'XLA loop' if xla else 'no XLA'}, {slots if generation else 'no cache'})")
     os.makedirs(base, exist_ok=True)
     staging = staging_folder(base, version)
     try:

@@ -3,7 +3,11 @@
 `GenerationSignatures` (causal LMs) and `ClassificationSignatures` (sequence classifiers) are
 `tf.Module`s that hold the model's variables and the tokenizer, and expose one `tf.function` per
 signature. Generation runs `tf_mistral.generation.loop.generate_tokens`, the loop `generate()`
-compiles, over the model's `forward_with_cache` and a fixed-size KV cache made inside the graph.
+compiles, over the model's `forward_with_cache` and a KV cache made inside the graph for each
+request: `buckets.cache_length` slots (the buckets `generate()` uses) for its prompt columns + its
+max_new_tokens, at most the export's max_length and the sliding window, so that a short request
+does not pay for the longest one the export allows. The XLA export keeps one cache of the longest
+length (XLA needs static shapes).
 
 Signatures (names and tensors are the serving API; docs/serving.md shows requests and replies):
 
@@ -39,7 +43,7 @@ import tensorflow as tf
 
 from tf_mistral import cache as kv_cache
 from tf_mistral.chat import encode_chat_tensors
-from tf_mistral.generation import loop
+from tf_mistral.generation import buckets, loop
 from tf_mistral.generation.sampling import RUNTIME, SamplingMode
 
 _KNOBS = {
@@ -67,12 +71,6 @@ def keep_last(ids, count):
     kept = tf.ragged.range(tf.maximum(lengths - tf.cast(count, lengths.dtype), 0), lengths)
     flat = tf.gather(ids.flat_values, kept.flat_values + tf.gather(ids.row_starts(), kept.value_rowids()))
     return tf.RaggedTensor.from_row_splits(flat, kept.row_splits, validate=False)
-
-
-def bucket_length(length):
-    """int32 scalar: `generate.prompt_bucket` in-graph (16, 32, 64, then multiples of 64)."""
-    multiple = (length + 63) // 64 * 64
-    return tf.where(length <= 16, 16, tf.where(length <= 32, 32, tf.where(length <= 64, 64, multiple)))
 
 
 def left_align(input_ids, attention_mask):
@@ -105,10 +103,11 @@ class GenerationSignatures(_Signatures):
     Args:
         model: the causal LM (any dtype policy; its variables are saved as they are).
         tokenizer: `MistralTokenizer` whose ids the model reads.
-        max_length: most positions per row, prompt + reply (the cache size without a window).
+        max_length: most positions per row, prompt + reply (the longest cache without a window).
         max_new_tokens: most new tokens per request (the output buffer), < max_length.
         xla: compile the generation loop with XLA (`jit_compile`); prompts are then padded to a
-            bucket, as `generate()` does, so that new prompt lengths reuse compiled programs.
+            bucket, as `generate()` does, so that new prompt lengths reuse compiled programs, and
+            every request has the longest cache, `cache_length`.
     """
 
     def __init__(self, model, tokenizer, max_length, max_new_tokens, xla=False):
@@ -152,9 +151,12 @@ class GenerationSignatures(_Signatures):
             top_p=inputs["top_p"], seed=inputs["seed"], eos_token_ids=self.eos_token_ids,
             pad_token_id=self.pad_token_id, top_k=inputs["top_k"],
         )
+        input_ids, new_tokens = inputs["input_ids"], inputs["max_new_tokens"]
+        cache_length = self.cache_length if self.xla else buckets.cache_length(
+            tf.shape(input_ids)[1] + new_tokens - 1, self._model.config.sliding_window, self.max_length
+        )
         return loop.generate_tokens(
-            self._model, inputs["input_ids"], inputs["attention_mask"], self.max_new_tokens,
-            inputs["max_new_tokens"], self.cache_length, sampling,
+            self._model, input_ids, inputs["attention_mask"], self.max_new_tokens, new_tokens, cache_length, sampling,
         )
 
     def _checked_knobs(self, knobs):
@@ -174,7 +176,7 @@ class GenerationSignatures(_Signatures):
         """Left-aligned dense ids -> {token_ids [batch, N], num_tokens [batch]}."""
         if self.xla:
             length = tf.shape(input_ids)[1]
-            extra = bucket_length(length) - length
+            extra = buckets.prompt_bucket(length) - length
             input_ids = tf.pad(input_ids, [[0, 0], [extra, 0]], constant_values=self.pad_token_id)
             attention_mask = tf.pad(attention_mask, [[0, 0], [extra, 0]])
         inputs = dict(knobs, input_ids=input_ids, attention_mask=attention_mask)

@@ -15,8 +15,7 @@ import tensorflow as tf
 
 from conftest import fixture_path
 from tf_mistral.export import saved_model, serving_rest
-from tf_mistral.export.serving_signatures import bucket_length
-from tf_mistral.generation.generate import prompt_bucket
+from tf_mistral.generation import buckets
 from tf_mistral.tokenizer import MistralTokenizer
 
 MAX_LENGTH, MAX_NEW_TOKENS = 128, 64
@@ -311,9 +310,49 @@ def test_classify_equals_the_keras_classifier(exported_classifier, tokenizer):
     assert [label.decode() for label in out["labels"].numpy()] == [names[i] for i in logits.argmax(-1)]
 
 
-def test_in_graph_bucket_equals_generate_prompt_bucket():
-    lengths = tf.range(1, 300)
-    assert bucket_length(lengths).numpy().tolist() == [prompt_bucket(n) for n in range(1, 300)]
+def test_buckets_in_the_graph_equal_the_buckets_of_python_ints():
+    lengths = range(1, 300)
+    assert buckets.prompt_bucket(tf.range(1, 300)).numpy().tolist() == [buckets.prompt_bucket(n) for n in lengths]
+    for window, max_length in ((None, 256), (40, 256), (None, None)):
+        in_graph = buckets.cache_length(tf.range(1, 300), window, max_length).numpy().tolist()
+        assert in_graph == [buckets.cache_length(n, window, max_length) for n in lengths]
+
+
+def test_a_request_has_the_smallest_cache_bucket_for_its_positions_within_window_and_export():
+    assert [buckets.cache_length(n, 40, 128) for n in (1, 16, 17, 33, 41, 500)] == [16, 16, 32, 40, 40, 40]
+    assert [buckets.cache_length(n, None, 100) for n in (16, 65, 100)] == [16, 100, 100]
+    assert buckets.cache_length(1000, None) == 1024
+
+
+@pytest.fixture(scope="module")
+def window_40():
+    """tiny_window with a 40-token window: cache buckets 16 and 32 below it."""
+    from tf_mistral import TFMistralForCausalLM
+
+    return TFMistralForCausalLM.from_pretrained(fixture_path("tiny_window"), dtype="float32", sliding_window=40,
+                                                progress=False)
+
+
+# (prompt tokens, new tokens): positions in the 16 bucket; a prompt in the 16 bucket whose reply
+# crosses into 32; a reply crossing the 40-token window (a ring buffer); a prompt longer than the
+# window (chunked prefill) and a reply far past it.
+REQUESTS = [(5, 8), (12, 12), (20, 30), (60, 40)]
+
+
+def test_short_and_long_requests_to_one_export_equal_keras_generate(window_40, tmp_path):
+    result = saved_model.export_saved_model(window_40, tmp_path / "m", max_length=MAX_LENGTH,
+                                            max_new_tokens=MAX_NEW_TOKENS, tokenizer=TOKENIZER, progress=False)
+    generate = tf.saved_model.load(result["path"]).signatures["generate"]
+    rng = np.random.default_rng(3)
+    for prompt, new in REQUESTS:
+        for batch in (1, 2):
+            ids = rng.integers(3, 1000, (batch, prompt)).astype(np.int32)
+            mask = np.ones_like(ids)
+            mask[1:, :3] = 0  # the second row is shorter (left-padded)
+            out = generate(input_ids=tf.constant(ids), attention_mask=tf.constant(mask), **knobs(max_new_tokens=new))
+            expected = keras_new_tokens(window_40, ids, mask, max_new_tokens=new)
+            assert served_tokens(out) == expected, (prompt, new, batch)
+            assert max(len(row) for row in expected) == new  # no early </s>: every bucket was reached
 
 
 # ---- bad requests -------------------------------------------------------------------------------

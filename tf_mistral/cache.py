@@ -102,7 +102,7 @@ def write(k_cache, v_cache, k_new, v_new, start):
         `core_op_writes` one scatter; a longer chunk may wrap around the ring, so it is a gather
         of the chunk and a select per slot.
     """
-    length = k_cache.shape[2]
+    length = ops.shape(k_cache)[2]  # an int, or a scalar tensor for a cache of dynamic length
     seq = k_new.shape[2]
     start = ops.cast(start, "int32")
     if seq == 1:

@@ -12,27 +12,11 @@ import numpy as np
 import tensorflow as tf
 
 from tf_mistral import cache as kv_cache
-from tf_mistral.generation import loop
+from tf_mistral.generation import buckets, loop
 from tf_mistral.generation.config import GenerationConfig
 from tf_mistral.generation.outputs import cut_at_stop_strings, generate_output, transition_scores
 from tf_mistral.generation.processors import Processing
 from tf_mistral.generation.sampling import SamplingMode, validate_sampling, validate_seed
-
-
-def prompt_bucket(length):
-    """Columns a prompt of `length` tokens is padded to: 16, 32, 64, then multiples of 64."""
-    for bucket in (16, 32, 64):
-        if length <= bucket:
-            return bucket
-    return -(-length // 64) * 64
-
-
-def new_tokens_bucket(count):
-    """Output buffer for `count` new tokens: 32, 64, 128, then multiples of 128."""
-    for bucket in (32, 64, 128):
-        if count <= bucket:
-            return bucket
-    return -(-count // 128) * 128
 
 
 def as_int_matrix(value, name):
@@ -145,12 +129,12 @@ class GenerationMixin:
         padded_left = (np.diff(attention_mask, axis=1) >= 0).all()
         pad_token_id = sampling.pad_token_id
         ids, mask = (input_ids, attention_mask) if padded_left else left_align(input_ids, attention_mask, pad_token_id)
-        bucket = prompt_bucket(prompt)
+        bucket = buckets.prompt_bucket(prompt)
         ids = np.pad(ids, [(0, 0), (bucket - prompt, 0)], constant_values=pad_token_id)
         mask = np.pad(mask, [(0, 0), (bucket - prompt, 0)])
 
-        width = new_tokens_bucket(max_new_tokens)
-        cache_length = kv_cache.cache_length(bucket + width - 1, self.config.sliding_window)
+        width = buckets.new_tokens_bucket(max_new_tokens)
+        cache_length = buckets.cache_length(bucket + width - 1, self.config.sliding_window)
         args = (sampling.temperature, sampling.top_p, sampling.seed)
         state = self._compiled("start", sampling, jit_compile, batch, bucket, width, cache_length)(
             tf.constant(ids), tf.constant(mask)
@@ -239,7 +223,7 @@ class GenerationMixin:
         sampling = self._sampling(config)
         if config.seed is None and config.do_sample:  # drawn per call, not once at tracing
             sampling = sampling._replace(seed=tf.random.uniform([], 0, 2**31 - 1, tf.int32))
-        cache_length = kv_cache.cache_length(prompt + max_new_tokens - 1, self.config.sliding_window)
+        cache_length = buckets.cache_length(prompt + max_new_tokens - 1, self.config.sliding_window)
         state = loop.start(self, input_ids, attention_mask, max_new_tokens, cache_length, sampling.pad_token_id,
                            sampling.processing)
         state = loop.decode(self, state, max_new_tokens, sampling)

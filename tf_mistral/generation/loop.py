@@ -19,10 +19,15 @@ def pad_starts(attention_mask):
     return tf.shape(mask)[1] - tf.reduce_sum(mask, axis=1)
 
 
+def _slots(cache):
+    """The cache's slots per layer: a Python int, or an int32 scalar when traced with a dynamic length."""
+    return cache[0][0].shape[2] or tf.shape(cache[0][0])[2]
+
+
 def _prefill_chunked(model, input_ids, pad_start, cache):
     """Prefills a prompt longer than the cache, one cache-length chunk at a time (the first chunk
     padded on the left). Returns `(last logits [batch, vocab], cache, prompt columns)`."""
-    chunk = cache[0][0].shape[2]
+    chunk = _slots(cache)
     length = tf.shape(input_ids)[1]
     extra = (-length) % chunk
     input_ids = tf.pad(input_ids, [[0, 0], [extra, 0]])
@@ -51,14 +56,14 @@ def prefill(model, input_ids, pad_start, cache):
         `(logits [batch, vocab] of the last column, cache, prompt columns, pad_start)`; a prompt
         longer than the cache gains left padding up to a whole number of chunks.
     """
-    cache_length = cache[0][0].shape[2]
+    cache_length = _slots(cache)
 
     def single():
         logits, new_cache = model.forward_with_cache(input_ids, cache, 0, pad_start)
         return logits[:, 0], new_cache, tf.shape(input_ids)[1], pad_start
 
     static_length = input_ids.shape[1]
-    if static_length is not None:
+    if static_length is not None and isinstance(cache_length, int):
         return single() if static_length <= cache_length else _prefill_chunked(model, input_ids, pad_start, cache)
     return tf.cond(
         tf.shape(input_ids)[1] <= cache_length,
@@ -106,7 +111,8 @@ def start(model, input_ids, attention_mask, max_new_tokens, cache_length, pad_to
         model: a `TFMistralForCausalLM`.
         input_ids: int32 `[batch, prompt]`, left-padded; attention_mask: `[batch, prompt]`.
         max_new_tokens: Python int, the width of the output buffer.
-        cache_length: Python int, slots per layer (`tf_mistral.cache.cache_length`).
+        cache_length: slots per layer (`buckets.cache_length`): a Python int, or an int32 scalar
+            (the SavedModel's per-request length; the cache's slot axis is then dynamic).
         pad_token_id: Python int, what the output buffer holds where nothing was generated.
         processing: `processors.Processing`; its state entries are added (none by default).
 

@@ -46,11 +46,13 @@ class MistralAttention(keras.layers.Layer):
             mask: bool `[batch, 1, 1, seq, keys]`; keys are `seq` without a cache; with one,
                 `cache_length` for a single token (written first, then the updated cache is read),
                 `cache_length + seq` for a longer chunk (the cache before the write, then `x`), and
-                `seq` for a longer chunk written into an empty cache (`x` alone).
+                `seq` for a longer chunk written into an empty cache (`x` alone: `cache_start`
+                is the Python int 0).
             cache: None, or `(K [batch, kv_heads, cache_length, head_dim],
                 V [batch, kv_heads, head_dim, cache_length])` holding the positions before
-                `cache_start`.
-            cache_start: int32 scalar, the position of `x`'s first token (with a cache).
+                `cache_start` (cache_length may be dynamic: the SavedModel sizes it per request).
+            cache_start: int32 scalar, the position of `x`'s first token (with a cache); the
+                Python int 0 says the cache is empty.
             last_only: only the last token queries (its keys and values are still every token's):
                 the last layer of a prefill, whose other rows nothing reads.
             past: None, or `(K, V)` both `[batch, kv_heads, past_length, head_dim]` (HF's layout,
@@ -88,7 +90,7 @@ class MistralAttention(keras.layers.Layer):
             new_cache = kv_cache.write(cache[0], cache[1], k, v, cache_start)
             keys, values = [new_cache[0]], [new_cache[1]]
         else:
-            fresh = mask.shape[-1] == x.shape[1]  # the keys are the chunk alone: the cache is empty
+            fresh = isinstance(cache_start, int) and cache_start == 0  # the keys are the chunk alone
             keys, values = ([k], [v]) if fresh else ([cache[0], k], [cache[1], v])
             new_cache = kv_cache.write(cache[0], cache[1], k, v, cache_start)
 

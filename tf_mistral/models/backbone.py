@@ -212,7 +212,7 @@ class TFMistralModel(MistralPreTrainedModel):
         if isinstance(start, int) and start == 0:  # an empty cache: the chunk attends to itself alone
             key_positions = query_positions
         else:
-            key_positions = kv_cache.key_positions(query_positions, cache[0][0].shape[2])
+            key_positions = kv_cache.key_positions(query_positions, ops.shape(cache[0][0])[2])
         key_valid = key_positions[None, :] >= pad_start[:, None]
         mask = band_mask(query_positions, key_positions, key_valid, self.config.sliding_window)
         position_ids = ops.maximum(query_positions[None, :] - pad_start[:, None], 0)
