@@ -143,6 +143,31 @@ def test_activation_table_matches_the_configs_names():
     assert tuple(ACTIVATIONS) == HIDDEN_ACTS
 
 
+def test_a_rematerialized_model_gives_hfs_loss_hidden_states_and_attentions(reference):
+    from tf_mistral.training import rematerialize
+
+    ref = reference("tiny_window", "call_reference")
+    model = rematerialize(TFMistralForCausalLM.from_pretrained(fixture_path("tiny_window"), progress=False))
+    out = model(ref["input_ids"], attention_mask=ref["attention_mask"], labels=ref["labels"],
+                output_hidden_states=True, output_attentions=True)
+    assert abs(float(out.loss) - float(ref["loss"])) < 1e-5
+    for ours, theirs in zip(out.hidden_states, ref["hidden_states"]):
+        assert max_diff(real(ref, ours), real(ref, theirs)) < 1e-4
+    queries_first = (0, 2, 1, 3)
+    for ours, theirs in zip(out.attentions, ref["attentions"]):
+        assert max_diff(real(ref, np.transpose(ours, queries_first)), real(ref, np.transpose(theirs, queries_first))) < 1e-5
+
+
+def test_a_rematerialized_model_continues_from_past_key_values(reference):
+    from tf_mistral.training import rematerialize
+
+    ref = reference("tiny_window")
+    model = rematerialize(TFMistralForCausalLM.from_pretrained(fixture_path("tiny_window"), progress=False))
+    first = model(ref["input_ids"][:, :25], use_cache=True)
+    second = model(ref["input_ids"][:, 25:], past_key_values=first.past_key_values)
+    assert max_diff(second.logits, ref["logits"][:, 25:]) < 1e-4
+
+
 # ----------------------------------------------------------------------------------------------
 # past_key_values, inputs_embeds, return_dict
 

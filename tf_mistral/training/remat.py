@@ -18,8 +18,12 @@ import tensorflow as tf
 
 
 def rematerialize(model):
-    """Recompute every decoder layer's activations in the backward pass (training without a KV
-    cache only; the cached inference path is unchanged). Returns the model."""
+    """Recompute every decoder layer's activations in the backward pass. Returns the model.
+
+    The model keeps its whole `call` (labels, output_hidden_states, ...): a layer recomputes in
+    the plain full-sequence forward; a call that needs more of a layer than its output (a KV
+    cache: `generate`, `past_key_values` / `use_cache`; `output_attentions`) runs it as before.
+    """
     backbone = model if hasattr(model, "decoder_layers") else model.model
     for layer in backbone.decoder_layers:
         if getattr(layer, "_tf_mistral_remat", False):
@@ -30,9 +34,10 @@ def rematerialize(model):
 
 
 def _recomputed(call):
-    def remat_call(x, cos, sin, mask, cache=None, cache_start=None, last_only=False):
-        if cache is not None or last_only:
-            return call(x, cos, sin, mask, cache=cache, cache_start=cache_start, last_only=last_only)
+    def remat_call(x, cos, sin, mask, cache=None, cache_start=None, last_only=False, **hf_arguments):
+        # `hf_arguments` (`past`, `output_attentions`) reach a layer only when a call uses them
+        if cache is not None or last_only or hf_arguments:
+            return call(x, cos, sin, mask, cache=cache, cache_start=cache_start, last_only=last_only, **hf_arguments)
         layer_output = tf.recompute_grad(lambda x, cos, sin: call(x, cos, sin, mask)[0])
         return layer_output(x, cos, sin), None
 
