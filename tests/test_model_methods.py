@@ -1,9 +1,10 @@
 """HF's model methods and loading / saving habits: embeddings, resize_token_embeddings, dummy inputs,
-input_signature, prepare_tf_dataset, from_pretrained(num_labels=...), from_config, generation_config.json,
-save_pretrained(saved_model=True)."""
+input_signature, prepare_tf_dataset, from_pretrained(num_labels=...), from_config, KerasHub's from_preset,
+generation_config.json, save_pretrained(saved_model=True)."""
 
 import json
 import os
+import shutil
 
 import keras
 import numpy as np
@@ -162,6 +163,45 @@ def test_from_pt_and_from_tf_are_accepted_and_ignored():
 def test_from_config_takes_a_mistral_config(model_class):
     model = model_class.from_config(MistralConfig(**SMALL))
     assert model.built and model.config == MistralConfig(**SMALL)
+
+
+# ----------------------------------------------------------------------------------------------
+# KerasHub's from_preset, without downloads
+
+
+def test_from_preset_of_a_folder_loads_its_weights_and_attaches_its_tokenizer(tmp_path, reference):
+    for file in ("config.json", "model.safetensors"):
+        shutil.copy(os.path.join(fixture_path("tiny_window"), file), tmp_path)
+    shutil.copy(os.path.join(fixture_path("tiny_tokenizer"), "tokenizer.model"), tmp_path)
+    model = TFMistralForCausalLM.from_preset(str(tmp_path), progress=False)
+    ref = reference("tiny_window")
+    np.testing.assert_allclose(model(ref["input_ids"]).logits, ref["logits"], atol=1e-4)
+    assert model.preprocessor.tokenizer.vocab_size == 1000
+    assert isinstance(model.generate("The cat", max_new_tokens=2, eos_token_id=[]), str)
+
+
+def test_from_preset_of_a_classifier_folder_equals_from_pretrained(reference):
+    model = TFMistralForSequenceClassification.from_preset(fixture_path("tiny_seqcls"), progress=False)
+    ref = reference("tiny_seqcls")
+    np.testing.assert_allclose(model(ref["input_ids_right"], attention_mask=ref["attention_mask_right"]).logits,
+                               ref["logits_right"], atol=1e-4)
+
+
+def test_from_preset_of_a_name_without_weights_is_a_random_model_of_that_shape():
+    small_sizes = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=4,
+                       num_key_value_heads=2, head_dim=16)
+    model = TFMistralForCausalLM.from_preset("mistral_7b_v0.3", load_weights=False, **small_sizes)
+    assert model.config == MistralConfig.from_preset("mistral_7b_v0.3", **small_sizes)
+    assert model.built and model(IDS).logits.shape == (2, 4, 32768)
+
+
+@pytest.mark.parametrize("preset, message", [
+    ("mistral_7b_v0.1", "preset 'mistral_7b_v0.1' is a shape without weights: tf_mistral downloads nothing"),
+    ("hf://mistralai/Mistral-7B-v0.1", "is neither a local folder nor a preset name"),
+])
+def test_from_preset_that_would_download_says_what_to_pass_instead(preset, message):
+    with pytest.raises(ValueError, match=message):
+        TFMistralForCausalLM.from_preset(preset)
 
 
 # ----------------------------------------------------------------------------------------------

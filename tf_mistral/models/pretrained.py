@@ -12,6 +12,7 @@ import numpy as np
 from tf_mistral.atomic import write_json
 from tf_mistral.config import MistralConfig
 from tf_mistral.models.outputs import ModelOutput
+from tf_mistral.models.presets import PresetMixin
 
 GENERATION_CONFIG = "generation_config.json"
 
@@ -43,7 +44,7 @@ def _plain_tensors(*element):
     return tf.nest.map_structure(lambda t: t.to_tensor() if isinstance(t, tf.RaggedTensor) else t, element)
 
 
-class MistralPreTrainedModel(keras.Model):
+class MistralPreTrainedModel(PresetMixin, keras.Model):
     """Base of the backbone and the heads. Subclasses create their layers in `__init__` and
     build them, from shapes alone, in `build()`, so that a 7B model is built without running it."""
 
