@@ -31,6 +31,7 @@ inputs constant buffers and streams the (quantized) weights into the file one te
 (`tflite_weights.py`). An export holds one float32 tensor at a time: a 7B export needs a few GB.
 """
 
+import dataclasses
 import os
 import shutil
 import tempfile
@@ -46,7 +47,7 @@ from tf_mistral.export import tflite_assembly
 from tf_mistral.export.progress import Progress, peak_rss_gb
 from tf_mistral.export.tflite_runner import weight_cache_path, write_sidecar
 from tf_mistral.export.tflite_options import DEFAULT_PREFILL_LENGTHS, INT4_BLOCK_SIZE, QUANTIZE_OPTIONS
-from tf_mistral.export.tflite_weights import WEIGHT_INPUT_PREFIX, norm_names, weight_encodings, weight_plan
+from tf_mistral.export.tflite_weights import EMBEDDING, WEIGHT_INPUT_PREFIX, norm_names, weight_encodings, weight_plan
 from tf_mistral.models.causal_lm import TFMistralForCausalLM
 from tf_mistral.safetensors_io import CheckpointError, open_checkpoint
 
@@ -129,9 +130,14 @@ def _checked_inputs(tokens, input_pos, config, slots):
 
 def weightless_model(config):
     """A float32 `TFMistralForCausalLM` whose variables hold no memory (created uninitialised in
-    a `StatelessScope`): it can only run inside a scope that maps every variable to a tensor."""
+    a `StatelessScope`): it can only run inside a scope that maps every variable to a tensor.
+
+    A model with tied embeddings is built untied: its `lm_head` input carries the embedding
+    matrix (`weight_reader`), with the final norm folded in as for any `lm_head`, while the
+    embedding lookup reads the matrix as it is.
+    """
     with keras.StatelessScope(initialize_variables=False):
-        model = TFMistralForCausalLM(config, dtype="float32")
+        model = TFMistralForCausalLM(dataclasses.replace(config, tie_word_embeddings=False), dtype="float32")
         model.build()
     return model
 
@@ -259,12 +265,13 @@ def check_builtin_ops(model_content):
 
 def weight_reader(checkpoint):
     """`(config, read)`: `read(hf_name)` gives one tensor of a checkpoint folder (in its stored
-    dtype) or of a `TFMistralForCausalLM` (its variable, in HF layout)."""
+    dtype) or of a `TFMistralForCausalLM` (its variable, in HF layout); with tied embeddings,
+    `lm_head.weight` is the embedding matrix (HF writes no `lm_head` then)."""
     if isinstance(checkpoint, TFMistralForCausalLM):
         table = checkpoint_table(checkpoint)
 
         def read_variable(name):
-            layer, attribute, transposed = table[name]
+            layer, attribute, transposed = table[_untied(name, checkpoint.config)]
             array = keras.ops.convert_to_numpy(getattr(layer, attribute))
             return array.T if transposed else array
 
@@ -274,7 +281,7 @@ def weight_reader(checkpoint):
         raise FileNotFoundError(f"checkpoint folder {folder!r} does not exist or has no config.json")
     config = MistralConfig.from_json_file(folder)
     located = open_checkpoint(folder)
-    needed = [w.name for w in weight_plan(config)] + norm_names(config)
+    needed = dict.fromkeys([_untied(w.name, config) for w in weight_plan(config)] + norm_names(config))
     missing = [name for name in needed if name not in located]
     if missing:
         hint = ("it has no lm_head: is it a classifier or a bare MistralModel? TFLite export needs a causal LM"
@@ -282,9 +289,16 @@ def weight_reader(checkpoint):
         raise CheckpointError(f"checkpoint {folder} lacks {missing[:3]}: {hint}")
 
     def read_file(name):
+        name = _untied(name, config)
         return located[name].read(name)
 
     return config, read_file
+
+
+def _untied(name, config):
+    """The tensor that holds HF weight `name`: the embedding for `lm_head.weight` when the config
+    ties them, else `name`."""
+    return EMBEDDING if name == "lm_head.weight" and config.tie_word_embeddings else name
 
 
 def export_tflite(

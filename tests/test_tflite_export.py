@@ -132,6 +132,24 @@ def test_decode_logits_equal_keras(exported, causal_lm, reference):
     np.testing.assert_allclose(logits, expected, atol=1e-4)
 
 
+@pytest.mark.parametrize("source", ["folder", "model"])
+def test_a_tied_model_exports_with_its_embedding_as_lm_head(tmp_path, source):
+    from tf_mistral import MistralConfig, TFMistralForCausalLM
+
+    config = MistralConfig.from_json_file(fixture_path("tiny_window"))
+    config.tie_word_embeddings = True
+    model = TFMistralForCausalLM.from_config(config)
+    model.save_pretrained(tmp_path / "tied", progress=False)  # HF's layout: no lm_head.weight
+    path = tmp_path / "tied.tflite"
+    tflite.export_tflite(tmp_path / "tied" if source == "folder" else model, path, prefill_lengths=PREFILL,
+                         cache_length=16, progress=False)
+    ids = np.array([17, 250, 33, 904, 5, 61])
+    runner = TFLiteRunner(path)
+    logits, _ = runner.decode(int(ids[-1]), runner.prefill(ids[:-1], runner.empty_cache(), 0), len(ids) - 1)
+    expected = model(ids[None]).logits.numpy()[0, -1]
+    np.testing.assert_allclose(logits, expected, atol=1e-4 * np.abs(expected).max())
+
+
 @pytest.mark.parametrize("case", ["gen_long_prompt", "gen_short_prompt"])
 def test_generation_far_past_the_window_equals_hf(exported, reference, case):
     """tiny_window: W = 16 and 16 slots; the 40-token prompt is prefilled in wrapped chunks
