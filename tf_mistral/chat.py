@@ -27,17 +27,35 @@ assistant message. Tool messages are not supported.
 """
 
 from collections.abc import Mapping, Sequence
+from typing import Protocol
 
 import tensorflow as tf
 
-from tf_mistral.tokenizer import check_text
+from tf_mistral.text_checks import check_text
 
 ROLES = ("system", "user", "assistant")
 _SYSTEM, _USER, _ASSISTANT = range(3)  # indices in ROLES
 _SEPARATOR = "\n\n"
 
 
-def check_conversation(messages, add_generation_prompt=True, continue_final_message=False, index=None):
+class ChatTokenizer(Protocol):
+    """What the chat formats use of a tokenizer (`MistralTokenizer` is one)."""
+
+    chat_format: str  # "v1" or "v3"
+    special_tokens: dict[str, int]  # control pieces -> ids: "[INST]", "[/INST]" in v3
+    eos_token_id: int
+
+    def tokenize(self, texts: tf.Tensor, add_special_tokens: bool = True) -> tf.RaggedTensor: ...
+
+    def add_special_tokens(self, ids: tf.RaggedTensor, add_bos: bool, add_eos: bool) -> tf.RaggedTensor: ...
+
+
+def check_conversation(
+    messages: Sequence[Mapping[str, str]],
+    add_generation_prompt: bool = True,
+    continue_final_message: bool = False,
+    index: int | None = None,
+) -> tuple[list[str], list[str]]:
     """Validate one conversation as mistral-common does; return (roles, contents), lists of str.
 
     `index` (the conversation's place in a batch) prefixes error messages.
@@ -87,7 +105,12 @@ def _check_message(message, where):
     return role, content
 
 
-def encode_chat(tokenizer, messages, add_generation_prompt=True, continue_final_message=False):
+def encode_chat(
+    tokenizer: ChatTokenizer,
+    messages: Sequence[Mapping[str, str]],
+    add_generation_prompt: bool = True,
+    continue_final_message: bool = False,
+) -> list[int]:
     """Token ids (list of int) of one conversation: a list of {"role", "content"} dicts.
 
     add_generation_prompt: the ids end where the reply starts; a final assistant message is an
@@ -102,7 +125,13 @@ def encode_chat(tokenizer, messages, add_generation_prompt=True, continue_final_
     return ids.numpy().tolist()
 
 
-def encode_chat_tensors(tokenizer, roles, contents, add_generation_prompt=True, continue_final_message=False):
+def encode_chat_tensors(
+    tokenizer: ChatTokenizer,
+    roles: tf.Tensor | tf.RaggedTensor | Sequence[str],
+    contents: tf.Tensor | tf.RaggedTensor | Sequence[str],
+    add_generation_prompt: bool = True,
+    continue_final_message: bool = False,
+) -> tf.Tensor | tf.RaggedTensor:
     """In-graph chat encoding, equal to `encode_chat`.
 
     roles, contents: tf.string [messages] (one conversation) -> int32 [tokens]; or tf.string
