@@ -10,9 +10,13 @@ all prompt tokens but the last, right-padded with position 0, then decodes from 
 
 import os
 import tempfile
+from types import ModuleType
+
+from tf_mistral.config import MistralConfig
+from tf_mistral.tokenizer import MistralTokenizer, load_tokenizer
 
 
-def require_builder():
+def require_builder() -> ModuleType:
     """Imports `litert_lm_builder` or raises ImportError saying what to install."""
     try:
         from litert_lm_builder import litertlm_builder
@@ -23,20 +27,7 @@ def require_builder():
     return litertlm_builder
 
 
-def tokenizer_model_bytes(tokenizer):
-    """The SentencePiece model proto of `tokenizer`: a `MistralTokenizer`, a checkpoint folder /
-    .model file, or None (the default Mistral v1 tokenizer shipped in mistral-common)."""
-    from tf_mistral.tokenizer import MistralTokenizer
-
-    if not isinstance(tokenizer, MistralTokenizer):
-        try:
-            tokenizer = MistralTokenizer.from_pretrained(None if tokenizer is None else os.fspath(tokenizer))
-        except FileNotFoundError:
-            tokenizer = MistralTokenizer.from_pretrained(None)  # a checkpoint without tokenizer.model
-    return tokenizer.model_proto, tokenizer.vocab_size
-
-
-def llm_metadata(config, max_num_tokens):
+def llm_metadata(config: MistralConfig, max_num_tokens: int) -> str:
     """`LlmMetadata` textproto: BOS / EOS ids, token budget, a generic model, no thinking or tools."""
     stops = "\n".join(f"stop_tokens {{ token_ids {{ ids: {i} }} }}" for i in config.eos_token_ids)
     return (
@@ -49,31 +40,37 @@ def llm_metadata(config, max_num_tokens):
     )
 
 
-def build_bundle(tflite_path, config, tokenizer=None, cache_length=None, output=None):
+def build_bundle(
+    tflite_path: str | os.PathLike,
+    config: MistralConfig,
+    tokenizer: MistralTokenizer | str | os.PathLike | None = None,
+    cache_length: int | None = None,
+    output: str | None = None,
+    checkpoint: str | os.PathLike | None = None,
+) -> str:
     """Writes `<tflite stem>.litertlm` (or `output`) and returns its path.
 
     Args:
         tflite_path: the exported `.tflite`.
         config: the model's `MistralConfig` (BOS / EOS ids, window).
-        tokenizer: see `tokenizer_model_bytes`; its vocabulary must fit the model's.
+        tokenizer: a `MistralTokenizer`, or the path of a tokenizer.model (or of a folder holding
+            one); None: `checkpoint`'s tokenizer.model, else the default Mistral v0.1 tokenizer
+            (`tf_mistral.tokenizer.load_tokenizer`). Its vocabulary must fit the model's.
         cache_length: the export's cache slots; with no sliding window it is also the token
             budget LiteRT-LM is told (`max_num_tokens`), with one the budget is
             `max_position_embeddings`.
+        output: the bundle's path (default: the .tflite path with the suffix .litertlm).
+        checkpoint: the model's Hugging Face folder, where the default tokenizer is looked for.
     """
     builder_module = require_builder()
-    proto, vocab = tokenizer_model_bytes(tokenizer)
-    if vocab > config.vocab_size:
-        raise ValueError(
-            f"the tokenizer has {vocab} pieces but the model's vocabulary is {config.vocab_size}: "
-            "pass the checkpoint's tokenizer"
-        )
+    tokenizer = load_tokenizer(tokenizer, checkpoint=checkpoint, vocab_size=config.vocab_size)
     budget = config.max_position_embeddings if config.sliding_window is not None else cache_length
     output = output or os.path.splitext(os.fspath(tflite_path))[0] + ".litertlm"
     with tempfile.TemporaryDirectory(prefix="tf_mistral_litertlm_") as workdir:
         tokenizer_path = os.path.join(workdir, "tokenizer.model")
         metadata_path = os.path.join(workdir, "llm_metadata.textproto")
         with open(tokenizer_path, "wb") as file:
-            file.write(proto)
+            file.write(tokenizer.model_proto)
         with open(metadata_path, "w") as file:
             file.write(llm_metadata(config, budget or config.max_position_embeddings))
         builder = builder_module.LitertLmFileBuilder()
@@ -90,7 +87,7 @@ def build_bundle(tflite_path, config, tokenizer=None, cache_length=None, output=
     return output
 
 
-def generate_text(bundle_path, prompt, max_new_tokens, num_threads=2):
+def generate_text(bundle_path: str | os.PathLike, prompt: str, max_new_tokens: int, num_threads: int = 2) -> str:
     """Greedy continuation of `prompt` by LiteRT-LM's engine (CPU), as text.
 
     The session prepends BOS (the bundle's start token) and applies no chat template.

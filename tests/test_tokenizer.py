@@ -1,16 +1,20 @@
 """MistralTokenizer and MistralPreprocessor against the `sentencepiece` library."""
 
+import pathlib
 import random
+import re
 import subprocess
 import sys
 
 import keras
+import mistral_common
 import numpy as np
 import pytest
 import sentencepiece
 import tensorflow as tf
 
-from tf_mistral.tokenizer import MistralPreprocessor, MistralTokenizer
+from conftest import fixture_path
+from tf_mistral.tokenizer import MistralPreprocessor, MistralTokenizer, load_tokenizer
 
 HARD_TEXTS = [
     "",
@@ -229,6 +233,34 @@ def test_default_v3_has_32768_pieces_and_inst_control_ids():
 def test_missing_tokenizer_file_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="no tokenizer.model"):
         MistralTokenizer.from_pretrained(tmp_path)
+
+
+# ---- the tokenizer that goes with a model --------------------------------------------------------
+
+TINY_MODEL_FILE = pathlib.Path(fixture_path("tiny_tokenizer")) / "tokenizer.model"  # 1000 pieces
+MISTRAL_V01_FILE = pathlib.Path(mistral_common.__file__).parent / "data" / "tokenizer.model.v1"  # 32000
+
+
+def test_load_tokenizer_takes_the_checkpoints_tokenizer_model(tmp_path):
+    (tmp_path / "tokenizer.model").write_bytes(TINY_MODEL_FILE.read_bytes())
+    assert load_tokenizer(checkpoint=tmp_path, vocab_size=1000).model_proto == TINY_MODEL_FILE.read_bytes()
+
+
+def test_load_tokenizer_falls_back_to_mistral_v01_when_the_checkpoint_has_none(tmp_path):
+    assert load_tokenizer(checkpoint=tmp_path).model_proto == MISTRAL_V01_FILE.read_bytes()
+
+
+def test_load_tokenizer_prefers_the_tokenizer_given_to_the_checkpoints(tmp_path, tok_v1):
+    (tmp_path / "tokenizer.model").write_bytes(TINY_MODEL_FILE.read_bytes())
+    assert load_tokenizer(tok_v1, checkpoint=tmp_path) is tok_v1
+    assert load_tokenizer(MISTRAL_V01_FILE, checkpoint=tmp_path).model_proto == MISTRAL_V01_FILE.read_bytes()
+
+
+def test_load_tokenizer_refuses_more_pieces_than_the_model_has_ids_naming_the_tokenizer(tmp_path):
+    message = (f"the model's vocabulary has 1000 ids but the tokenizer (the default Mistral v0.1: {tmp_path} has no "
+               f"tokenizer.model) has 32000 pieces: put the model's tokenizer.model in {tmp_path}")
+    with pytest.raises(ValueError, match=re.escape(message)):
+        load_tokenizer(checkpoint=tmp_path, vocab_size=1000)
 
 
 def test_config_round_trip_keeps_settings(tok_v1):

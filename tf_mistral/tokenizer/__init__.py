@@ -11,6 +11,8 @@ One job per module; each imports only the ones above it in this list:
                         tf.data, SavedModels); the decoding fix for tensorflow-text's older decoder
     mistral_tokenizer   `MistralTokenizer`: the HF-style Python API and the constructors
     preprocessor        `MistralPreprocessor`: the Keras layer, strings -> fixed-length inputs
+    loading             `load_tokenizer`: the tokenizer a model gets (given, the checkpoint's, or
+                        Mistral v0.1's) and the check that it fits the model's vocabulary
 The chat formats (`tf_mistral.chat`) sit beside this package: `MistralTokenizer` imports them,
 and they import only `tf_mistral.text_checks`.
 """
@@ -18,10 +20,11 @@ and they import only `tf_mistral.text_checks`.
 from tf_mistral.text_checks import check_text
 from tf_mistral.tokenizer.files import DEFAULT_MODEL_FILES
 from tf_mistral.tokenizer.in_graph import CHAT_FORMATS, InGraphTokenizer
+from tf_mistral.tokenizer.loading import load_tokenizer
 from tf_mistral.tokenizer.mistral_tokenizer import MistralTokenizer
 from tf_mistral.tokenizer.preprocessor import IGNORE_INDEX, MistralPreprocessor
 
 __all__ = [
     "CHAT_FORMATS", "DEFAULT_MODEL_FILES", "IGNORE_INDEX", "InGraphTokenizer", "MistralPreprocessor",
-    "MistralTokenizer", "check_text",
+    "MistralTokenizer", "check_text", "load_tokenizer",
 ]
