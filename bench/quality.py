@@ -15,7 +15,8 @@ in Keras float32 and in its TFLite exports (float32, fp16, int8, int4).
    (`save_pretrained`) and its training log are saved in `--workdir` at each log (an interrupted
    run leaves the latest) and later runs reuse them (delete the folder to train again).
 3. Exports: `export_tflite` of that checkpoint for each `--variants` entry (`VARIANTS`: the four
-   `--quantize` options, and int4 recipes that keep `lm_head`, or it and the embedding, in int8),
+   `--quantize` options, int4 in each block size, and int4 recipes that keep `lm_head`, or it and
+   the embedding, in int8),
    256 cache slots (64 under the window).
 4. Perplexity over every held-out row: Keras float32 from one forward pass a row; each .tflite file
    through `TFLiteRunner.decode`, token by token from position 0 with an empty cache a row (the
@@ -47,13 +48,16 @@ SEQUENCE, BATCH = 256, 8
 STEPS, WARMUP, LEARNING_RATE, WEIGHT_DECAY = 300, 30, 2e-3, 0.1
 LOG_EVERY = 50
 CACHE_LENGTH = 256
-VARIANTS = {  # --variants name: (quantize, int8_weights, the table's label)
-    "none": ("none", (), "float32"),
-    "fp16": ("fp16", (), "fp16 weights"),
-    "int8": ("int8", (), "int8 (per-row scales)"),
-    "int4": ("int4", (), "int4 (blocks of 32)"),
-    "int4-head8": ("int4", ("lm_head",), "int4, `lm_head` int8"),
-    "int4-ends8": ("int4", ("embed_tokens", "lm_head"), "int4, embedding and `lm_head` int8"),
+VARIANTS = {  # --variants name: (quantize, int8_weights, int4 block size, the table's label)
+    "none": ("none", (), None, "float32"),
+    "fp16": ("fp16", (), None, "fp16 weights"),
+    "int8": ("int8", (), None, "int8 (per-row scales)"),
+    "int4-b32": ("int4", (), 32, "int4, blocks of 32"),
+    "int4-b64": ("int4", (), 64, "int4, blocks of 64"),
+    "int4": ("int4", (), 128, "int4, blocks of 128 (the default)"),
+    "int4-b256": ("int4", (), 256, "int4, blocks of 256"),
+    "int4-head8": ("int4", ("lm_head",), 128, "int4 (128), `lm_head` int8"),
+    "int4-ends8": ("int4", ("embed_tokens", "lm_head"), 128, "int4 (128), embedding and `lm_head` int8"),
 }
 
 
@@ -216,7 +220,7 @@ def report(log, sizes, held_ids, keras_ppl, results, tokens, command):
         f"| Keras float32 | - | {keras_ppl:.3f} | {100 * (keras_ppl / base - 1):+.2f}% |",
     ]
     for variant, result in results.items():
-        lines.append(f"| {VARIANTS[variant][2]} | {result['bytes'] / 2**20:.1f} | {result['perplexity']:.3f} | "
+        lines.append(f"| {VARIANTS[variant][3]} | {result['bytes'] / 2**20:.1f} | {result['perplexity']:.3f} | "
                      f"{100 * (result['perplexity'] / base - 1):+.2f}% |")
     return "\n".join(lines) + "\n"
 
@@ -251,10 +255,10 @@ def main():
     print(f"Keras float32: perplexity {keras_ppl:.3f} over {tokens} tokens", flush=True)
     results = {}
     for variant in args.variants.split(","):
-        quantize, int8_weights, _ = VARIANTS[variant]
+        quantize, int8_weights, block_size, _ = VARIANTS[variant]
         path = os.path.join(args.workdir, f"model_{variant}.tflite")
         export = export_tflite(folder, path, quantize=quantize, int8_weights=int8_weights, cache_length=CACHE_LENGTH,
-                               progress=False)
+                               int4_block_size=block_size, progress=False)
         perplexity, _ = tflite_perplexity(path, held_ids, held_labels)
         results[variant] = dict(bytes=export["bytes"], perplexity=perplexity)
         print(f"{variant}: {export['bytes'] / 2**20:.1f} MiB, perplexity {perplexity:.3f}", flush=True)

@@ -17,7 +17,8 @@ git; its tensors are N(0, 0.02) in bfloat16, norms 1, written one tensor at a ti
   timed by `measure`: per prompt (32 and 512 random tokens, the same for every path) a first
   call (tracing, compiling, reading mapped weights), then one 1-token request, the time to first
   token; decode is 16 tokens after the 32-token prompt, `16 / (t(1 + 16 tokens) - t(1 token))`.
-- int8 / int4 / fp16: the exported LiteRT file with `TFLiteRunner` (prefill 32 and 512, then 16
+- int8 / int4 / fp16: the exported LiteRT file with `TFLiteRunner` (int4 in blocks of 128, the
+  export's default; int4-b32 / -b64 / -b256 in other block sizes) (prefill 32 and 512, then 16
   decode steps after the 512 tokens).
 - q8_0 / q4_0: llama.cpp's `llama-bench -p 32,512 -n 16 -r 1` on a GGUF of the same checkpoint,
   made by bench/llama_cpp.py (which builds what is missing).
@@ -59,12 +60,16 @@ PATHS = {
     "keras-int8": "tf_mistral Keras `generate` after `quantize(\"int8\")`",
     "saved-model": f"tf_mistral SavedModel, bf16, `--max-length {SAVED_MODEL_MAX_LENGTH}`",
     "int8": "tf_mistral LiteRT int8 (`TFLiteRunner`)",
-    "int4": "tf_mistral LiteRT int4 (`TFLiteRunner`)",
+    "int4-b32": "tf_mistral LiteRT int4, blocks of 32 (`TFLiteRunner`)",
+    "int4-b64": "tf_mistral LiteRT int4, blocks of 64 (`TFLiteRunner`)",
+    "int4": "tf_mistral LiteRT int4, blocks of 128, the default (`TFLiteRunner`)",
+    "int4-b256": "tf_mistral LiteRT int4, blocks of 256 (`TFLiteRunner`)",
     "fp16": "tf_mistral LiteRT fp16 (`TFLiteRunner`)",
     "q8_0": "llama.cpp Q8_0 (`llama-bench`)",
     "q4_0": "llama.cpp Q4_0 (`llama-bench`)",
 }
-TFLITE, LLAMA_CPP = ("int8", "int4", "fp16"), ("q8_0", "q4_0")
+TFLITE, LLAMA_CPP = ("int8", "int4-b32", "int4-b64", "int4", "int4-b256", "fp16"), ("q8_0", "q4_0")
+INT4_BLOCKS = {"int4-b32": 32, "int4-b64": 64, "int4": 128, "int4-b256": 256}
 LOCK = llama_cpp.LOCK
 
 
@@ -109,10 +114,11 @@ def export_child(checkpoint, output, variant):
     else:
         from tf_mistral.export.tflite import export_tflite
 
-        result = export_tflite(checkpoint, output, quantize=variant, prefill_lengths=PREFILL_LENGTHS,
-                               cache_length=CACHE_LENGTH)
+        result = export_tflite(checkpoint, output, quantize=variant.split("-")[0], prefill_lengths=PREFILL_LENGTHS,
+                               cache_length=CACHE_LENGTH, int4_block_size=INT4_BLOCKS.get(variant))
         size = result["bytes"]
-    print(json.dumps(dict(kind="export", quantize=variant, seconds=time.perf_counter() - started, bytes=size,
+    print(json.dumps(dict(kind="export", quantize=variant, int4_block_size=INT4_BLOCKS.get(variant),
+                          seconds=time.perf_counter() - started, bytes=size,
                           peak_rss_gb=_peak_rss_gb(),
                           stages=[(s, round(t, 1), round(r, 2)) for s, t, r in result["stages"]])))
 
@@ -130,8 +136,10 @@ def run_child(path, quantize, threads):
     started = time.perf_counter()
     runner = TFLiteRunner(path, num_threads=threads)
     load = time.perf_counter() - started
+    with open(f"{path}.json") as sidecar:
+        block_size = json.load(sidecar).get("int4_block_size")
     figures = dict(kind="run", runner="CompiledModel", quantize=quantize, threads=threads, load_seconds=load,
-                   file_bytes=os.path.getsize(path))
+                   file_bytes=os.path.getsize(path), int4_block_size=block_size)
     for length, prompt in prompts().items():
         prompt = prompt[0]
         started = time.perf_counter()
@@ -239,8 +247,10 @@ def shape_name(layers):
 
 
 def _path(row):
-    """A row's `run` path (older rows: the LiteRT variant, or llama.cpp's type)."""
-    return row.get("path") or row.get("quantize") or row["type"].lower()
+    """A row's `run` path (older rows: the LiteRT variant, or llama.cpp's type; int4 rows that
+    do not record their block size are from before it was a choice: blocks of 32)."""
+    path = row.get("path") or row.get("quantize") or row["type"].lower()
+    return "int4-b32" if path == "int4" and "int4_block_size" not in row else path
 
 
 def _shape(row):

@@ -46,7 +46,9 @@ from tf_mistral.config import MistralConfig
 from tf_mistral.export import tflite_assembly
 from tf_mistral.export.progress import Progress, peak_rss_gb
 from tf_mistral.export.tflite_runner import weight_cache_path, write_sidecar
-from tf_mistral.export.tflite_options import DEFAULT_PREFILL_LENGTHS, INT4_BLOCK_SIZE, QUANTIZE_OPTIONS
+from tf_mistral.export.tflite_options import (
+    DEFAULT_INT4_BLOCK_SIZE, DEFAULT_PREFILL_LENGTHS, INT4_BLOCK_SIZES, QUANTIZE_OPTIONS,
+)
 from tf_mistral.export.tflite_weights import EMBEDDING, WEIGHT_INPUT_PREFIX, norm_names, weight_encodings, weight_plan
 from tf_mistral.models.causal_lm import TFMistralForCausalLM
 from tf_mistral.safetensors_io import CheckpointError, open_checkpoint
@@ -55,7 +57,7 @@ _ENCODING = {
     "none": "float32 weights",
     "fp16": "float16 weights",
     "int8": "int8 weights (per-row scales; the embedding per-tensor)",
-    "int4": f"int4 weights in blocks of {INT4_BLOCK_SIZE}",
+    "int4": "int4 weights in blocks of {block_size}",
 }
 
 
@@ -301,6 +303,23 @@ def _untied(name, config):
     return EMBEDDING if name == "lm_head.weight" and config.tie_word_embeddings else name
 
 
+def _int4_block_size(plan, encodings, requested):
+    """The int4 block size of an export: `requested`, checked against the input sizes of the int4
+    weights, or (None) the default where they allow it, else the largest that fits them all."""
+    columns = [w.shape[1] for w in plan if encodings[w.name] == "int4"]
+    if requested is None:
+        fitting = [size for size in INT4_BLOCK_SIZES if all(n % size == 0 for n in columns)]
+        candidates = [size for size in fitting if size <= DEFAULT_INT4_BLOCK_SIZE]
+        if not candidates:
+            sizes = sorted(set(columns))
+            raise ValueError(f"int4 needs weight input sizes divisible by {INT4_BLOCK_SIZES[0]}, got {sizes}")
+        return candidates[-1]
+    bad = [w.name for w in plan if encodings[w.name] == "int4" and w.shape[1] % requested]
+    if bad:
+        raise ValueError(f"int4 blocks of {requested} need input sizes divisible by it: {bad[:3]}")
+    return requested
+
+
 def export_tflite(
     checkpoint,
     output,
@@ -311,6 +330,7 @@ def export_tflite(
     tokenizer=None,
     progress=True,
     int8_weights=(),
+    int4_block_size=None,
 ):
     """Converts a causal LM to a `.tflite` file with `prefill_{N}` and `decode` signatures.
 
@@ -330,6 +350,9 @@ def export_tflite(
         progress: print the stages (tracing, converting, writing) and a byte bar over the weights.
         int8_weights: with quantize="int4", the weights kept in int8: every weight whose HF name
             contains one of these (e.g. ("embed_tokens", "lm_head")); see `tflite_weights`.
+        int4_block_size: with quantize="int4", the values per scale (one of `INT4_BLOCK_SIZES`);
+            larger blocks decode faster on CPU and lose a little accuracy (docs/tflite.md). None:
+            `DEFAULT_INT4_BLOCK_SIZE` (128), or for models too narrow for it the largest that fits.
 
     Returns:
         dict: `path`, `litertlm` (bundle path or None), `bytes`, `cache_length`, `prefill_lengths`,
@@ -337,6 +360,8 @@ def export_tflite(
     """
     if quantize not in QUANTIZE_OPTIONS:
         raise ValueError(f"quantize must be one of {', '.join(QUANTIZE_OPTIONS)}; got {quantize!r}")
+    if int4_block_size not in (None, *INT4_BLOCK_SIZES):
+        raise ValueError(f"int4_block_size must be one of {INT4_BLOCK_SIZES}; got {int4_block_size!r}")
     if litertlm:
         from tf_mistral.export import litertlm as bundle
 
@@ -348,10 +373,7 @@ def export_tflite(
     output = os.fspath(output)
     plan = weight_plan(config)
     encodings = weight_encodings(plan, quantize, int8_weights)
-    if quantize == "int4":
-        bad = [w.name for w in plan if encodings[w.name] == "int4" and w.shape[1] % INT4_BLOCK_SIZE]
-        if bad:
-            raise ValueError(f"int4 blocks of {INT4_BLOCK_SIZE} need input sizes divisible by it: {bad[:3]}")
+    int4_block_size = _int4_block_size(plan, encodings, int4_block_size)
 
     report(f"tracing {['prefill_%d' % n for n in lengths] + ['decode']} with a {slots}-slot cache (no weights)")
     functions = signature_functions(weightless_model(config), slots, lengths)
@@ -359,11 +381,12 @@ def export_tflite(
     graph = convert_graph(functions)
     del functions
     kept = sum(encoding != quantize for encoding in encodings.values())
-    report(f"writing {output}: {_ENCODING[quantize]}{f' ({kept} kept in int8)' if kept else ''}, one tensor at a time")
+    encoding = _ENCODING[quantize].format(block_size=int4_block_size)
+    report(f"writing {output}: {encoding}{f' ({kept} kept in int8)' if kept else ''}, one tensor at a time")
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-    head, size = tflite_assembly.write_model(graph, plan, encodings, read, output, progress=progress)
+    head, size = tflite_assembly.write_model(graph, plan, encodings, read, output, int4_block_size, progress=progress)
     check_builtin_ops(head)
-    write_sidecar(output, config, slots, lengths, quantize)
+    write_sidecar(output, config, slots, lengths, quantize, int4_block_size if quantize == "int4" else None)
     stale = weight_cache_path(output)  # XNNPACK's packed weights of a previous file at this path
     if os.path.exists(stale):
         os.remove(stale)
@@ -373,9 +396,9 @@ def export_tflite(
     )
     if litertlm:
         report("writing the LiteRT-LM bundle")
-        if tokenizer is None and not isinstance(checkpoint, TFMistralForCausalLM):
-            tokenizer = checkpoint
-        result["litertlm"] = bundle.build_bundle(output, config, tokenizer=tokenizer, cache_length=slots)
+        folder = None if isinstance(checkpoint, TFMistralForCausalLM) else checkpoint
+        result["litertlm"] = bundle.build_bundle(output, config, tokenizer=tokenizer, cache_length=slots,
+                                                 checkpoint=folder)
     report(f"done: {result['bytes'] / 2**20:.1f} MiB")
     result["stages"] = report.stages
     return result

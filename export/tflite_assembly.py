@@ -23,7 +23,6 @@ from tqdm.auto import tqdm
 
 from tf_mistral.export import flatbuffer_edit as edit
 from tf_mistral.export import tflite_weights as weights_mod
-from tf_mistral.export.tflite_options import INT4_BLOCK_SIZE
 from tf_mistral.export.tflite_weights import EMBEDDING, WEIGHT_INPUT_PREFIX
 
 _ALIGN = 64
@@ -34,11 +33,11 @@ def _round_up(value):
 
 
 class _Bound:
-    """Where one weight went: its encoding, its data buffer, its int4 scales buffer, and the
-    tensors `(subgraph index, tensor index)` whose int8 scale vectors get its scales."""
+    """Where one weight went: its encoding, its int4 block size, its data buffer, its int4 scales
+    buffer, and the tensors `(subgraph index, tensor index)` whose int8 scale vectors get its scales."""
 
-    def __init__(self, weight, encoding, data_buffer, scales_buffer=None):
-        self.weight, self.encoding = weight, encoding
+    def __init__(self, weight, encoding, block_size, data_buffer, scales_buffer=None):
+        self.weight, self.encoding, self.block_size = weight, encoding, block_size
         self.data_buffer, self.scales_buffer = data_buffer, scales_buffer
         self.scaled_tensors = []
 
@@ -86,13 +85,14 @@ def _bind(model, subgraph_index, tensor_index, bound):
                 op.builtinOptions.asymmetricQuantizeInputs = True
     elif encoding == "int4":
         tensor.buffer, tensor.type = bound.data_buffer, schema.TensorType.INT4
-        scales = edit.add_tensor(subgraph, f"{name}_scales", weights_mod.int4_scales_shape(weight.shape),
+        scales_shape = weights_mod.int4_scales_shape(weight.shape, bound.block_size)
+        scales = edit.add_tensor(subgraph, f"{name}_scales", scales_shape,
                                  schema.TensorType.FLOAT16, bound.scales_buffer)
         tensor.quantization = schema.QuantizationParametersT()
         tensor.quantization.quantizedDimension = 0
         tensor.quantization.detailsType = schema.QuantizationDetails.BlockwiseQuantization
         details = schema.BlockwiseQuantizationT()
-        details.scales, details.zeroPoints, details.blockSize = scales, -1, INT4_BLOCK_SIZE
+        details.scales, details.zeroPoints, details.blockSize = scales, -1, bound.block_size
         tensor.quantization.details = details
         if name == EMBEDDING:
             for number, gather in enumerate(consumers):
@@ -109,16 +109,16 @@ def _int8_quantization(count):
     return quantization
 
 
-def bind_weights(model, plan, encodings):
+def bind_weights(model, plan, encodings, int4_block_size):
     """Binds every weight input of every signature of `model` (a `ModelT`), each weight in its
-    encoding (`{HF name: encoding}`); returns `[_Bound]` in plan order. Raises ValueError when a
-    signature lacks a weight or has an unknown input."""
+    encoding (`{HF name: encoding}`; int4 in blocks of `int4_block_size`); returns `[_Bound]` in
+    plan order. Raises ValueError when a signature lacks a weight or has an unknown input."""
     bound = {}
     for weight in plan:
         encoding = encodings[weight.name]
         data = edit.add_buffer(model)
         scales = edit.add_buffer(model) if encoding == "int4" else None
-        bound[weight.input_name] = _Bound(weight, encoding, data, scales)
+        bound[weight.input_name] = _Bound(weight, encoding, int4_block_size, data, scales)
     for signature in model.signatureDefs:
         subgraph = model.subgraphs[signature.subgraphIndex]
         inputs = {entry.name.decode(): entry.tensorIndex for entry in signature.inputs}
@@ -140,25 +140,27 @@ def _buffer_sizes(bound):
     for item in bound:
         sizes.append((item.data_buffer, weights_mod.data_nbytes(item.weight.shape, item.encoding)))
         if item.scales_buffer is not None:
-            rows, blocks = weights_mod.int4_scales_shape(item.weight.shape)
+            rows, blocks = weights_mod.int4_scales_shape(item.weight.shape, item.block_size)
             sizes.append((item.scales_buffer, 2 * rows * blocks))
     return sizes
 
 
-def _encode(array, encoding, embedding):
-    """`(main bytes, int4 scale bytes or None, int8 scales or None)` of a float32 weight."""
+def _encode(array, bound):
+    """`(main bytes, int4 scale bytes or None, int8 scales or None)` of float32 `array`, the weight of `bound`."""
+    encoding = bound.encoding
     if encoding == "none":
         return array, None, None
     if encoding == "fp16":
         return weights_mod.encode_float16(array), None, None
     if encoding == "int8":
+        embedding = bound.weight.name == EMBEDDING
         data, scales = (weights_mod.encode_int8_tensor if embedding else weights_mod.encode_int8_rows)(array)
         return data, None, scales
-    data, scales = weights_mod.encode_int4_blocks(array)
+    data, scales = weights_mod.encode_int4_blocks(array, bound.block_size)
     return data, scales, None
 
 
-def write_model(converted, plan, encodings, read, output, progress=True):
+def write_model(converted, plan, encodings, read, output, int4_block_size, progress=True):
     """Writes the `.tflite` file at `output` (atomically: `output.partial`, then renamed).
 
     Args:
@@ -167,13 +169,14 @@ def write_model(converted, plan, encodings, read, output, progress=True):
         encodings: `{HF name: one of tflite_options.QUANTIZE_OPTIONS}` (`tflite_weights.weight_encodings`).
         read: `read(hf_name)` -> the checkpoint tensor as a numpy array (any float dtype).
         output: the file to write.
+        int4_block_size: values per scale of the int4 weights (one of `tflite_options.INT4_BLOCK_SIZES`).
         progress: a byte progress bar over the weights.
 
     Returns:
         `(the packed flatbuffer (graph and metadata, without the weights), the file size in bytes)`.
     """
     model = flatbuffer_utils.read_model_from_bytearray(memoryview(converted))
-    bound = bind_weights(model, plan, encodings)
+    bound = bind_weights(model, plan, encodings, int4_block_size)
     sizes = _buffer_sizes(bound)
     for index, _ in sizes:
         model.buffers[index].offset, model.buffers[index].size = 1, 1  # reserve the fields
@@ -192,7 +195,7 @@ def write_model(converted, plan, encodings, read, output, progress=True):
                                                  disable=not progress) as bar:
             for item in bound:
                 array = weights_mod.float_weight(read, item.weight)
-                data, scale_bytes, scales = _encode(array, item.encoding, item.weight.name == EMBEDDING)
+                data, scale_bytes, scales = _encode(array, item)
                 del array
                 _write_at(file, offsets[item.data_buffer], data)
                 if scale_bytes is not None:

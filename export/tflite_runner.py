@@ -44,10 +44,12 @@ def sidecar_path(model_path):
     return os.fspath(model_path) + ".json"
 
 
-def write_sidecar(model_path, config, cache_length, prefill_lengths, quantize):
-    """Records what the flatbuffer does not say: the sliding window, token ids, max positions."""
+def write_sidecar(model_path, config, cache_length, prefill_lengths, quantize, int4_block_size=None):
+    """Records what the flatbuffer does not say: the sliding window, token ids, max positions (and,
+    for a reader's information, the weights' encoding)."""
     info = dict(
-        format="tf_mistral.tflite/1", quantize=quantize, cache_length=int(cache_length),
+        format="tf_mistral.tflite/1", quantize=quantize, int4_block_size=int4_block_size,
+        cache_length=int(cache_length),
         prefill_lengths=[int(n) for n in prefill_lengths], sliding_window=config.sliding_window,
         vocab_size=config.vocab_size, bos_token_id=config.bos_token_id, eos_token_ids=list(config.eos_token_ids),
         max_position_embeddings=config.max_position_embeddings,

@@ -18,7 +18,7 @@ them as before):
     fp16  float16, dequantized to float32 by a DEQUANTIZE op (XNNPACK reads the 16-bit weights).
     int8  projections: int8, one symmetric scale per output row; the embedding: int8 with one
           scale for the whole table, gathered then dequantized (the TF converter's dynamic range).
-    int4  int4 in blocks of `INT4_BLOCK_SIZE` values along the input axis, one float16 scale per
+    int4  int4 in blocks of `block_size` values along the input axis (32-256), one float16 scale per
           block (rounded to 7 mantissa bits), two values a byte, the first in the low nibble
           (ai-edge-quantizer's blockwise recipe); the embedding through EMBEDDING_LOOKUP.
 An int4 export can keep some weights in int8 (`int8_weights`, e.g. the embedding and `lm_head`):
@@ -29,8 +29,6 @@ import dataclasses
 
 import ml_dtypes
 import numpy as np
-
-from tf_mistral.export.tflite_options import INT4_BLOCK_SIZE
 
 EMBEDDING = "model.embed_tokens.weight"
 WEIGHT_INPUT_PREFIX = "weight_"  # the graph inputs that carry weights: weight_model_layers_0_mlp_up_proj_weight
@@ -126,12 +124,12 @@ def data_nbytes(shape, quantize):
     return {"none": 4 * count, "fp16": 2 * count, "int8": count, "int4": (count + 1) // 2}[quantize]
 
 
-def int4_scales_shape(shape):
-    """`[rows, columns / INT4_BLOCK_SIZE]`: one scale per block along the input axis."""
+def int4_scales_shape(shape, block_size):
+    """`[rows, columns / block_size]`: one scale per block of `block_size` along the input axis."""
     rows, columns = shape
-    if columns % INT4_BLOCK_SIZE:
-        raise ValueError(f"int4 blocks of {INT4_BLOCK_SIZE} need input sizes divisible by it, got {shape}")
-    return rows, columns // INT4_BLOCK_SIZE
+    if columns % block_size:
+        raise ValueError(f"int4 blocks of {block_size} need input sizes divisible by it, got {shape}")
+    return rows, columns // block_size
 
 
 def encode_float16(array):
@@ -153,15 +151,15 @@ def encode_int8_tensor(array):
     return _round_to_int(array / scale, -127, 127), np.array([scale], np.float32)
 
 
-def encode_int4_blocks(array):
-    """`(packed uint8 [rows * columns / 2], float16 scales [rows, blocks])`.
+def encode_int4_blocks(array, block_size):
+    """`(packed uint8 [rows * columns / 2], float16 scales [rows, columns / block_size])`.
 
-    Symmetric per block: scale = max |w| / 7 (at least 1e-9 / 7), rounded to 7 mantissa bits
+    Symmetric per block of `block_size` values along the input axis: scale = max |w| / 7 (at least 1e-9 / 7), rounded to 7 mantissa bits
     (bfloat16, then float16); q = round-half-even(w / scale) in [-8, 7]; two values a byte, the
     first in the low nibble.
     """
-    rows, blocks = int4_scales_shape(array.shape)
-    grouped = array.reshape(rows, blocks, INT4_BLOCK_SIZE)
+    rows, blocks = int4_scales_shape(array.shape, block_size)
+    grouped = array.reshape(rows, blocks, block_size)
     bound = np.maximum(np.abs(grouped).max(axis=2), 1e-9)
     scales = (bound / 7.0).astype(ml_dtypes.bfloat16).astype(np.float16)
     quantized = np.clip(np.rint(grouped / scales.astype(np.float32)[:, :, None]), -8, 7).astype(np.int8).reshape(-1)

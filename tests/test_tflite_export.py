@@ -1,6 +1,7 @@
 """TFLite / LiteRT export: signatures, builtin ops, parity with Keras / HF, the rolling cache,
 quantized variants, the LiteRT-LM bundle, and the errors users see."""
 
+import json
 import os
 import sys
 
@@ -11,7 +12,9 @@ from conftest import fixture_path
 
 pytest.importorskip("ai_edge_litert")
 
+from ai_edge_litert import schema_py_generated as schema  # noqa: E402
 from ai_edge_litert.interpreter import Interpreter  # noqa: E402
+from ai_edge_litert.tools import flatbuffer_utils  # noqa: E402
 
 from tf_mistral.export import tflite  # noqa: E402
 from tf_mistral.export.tflite_runner import TFLiteRunner, plan_prefill  # noqa: E402
@@ -21,17 +24,19 @@ PREFILL = (4, 8)
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    """`exported(fixture, quantize, cache_length)` -> path of a cached export of a tiny fixture."""
+    """`exported(fixture, quantize, cache_length, prefill_lengths, int4_block_size)` -> path of a
+    cached export of a tiny fixture."""
     folder = tmp_path_factory.mktemp("tflite")
     paths = {}
 
-    def export(name="tiny_window", quantize="none", cache_length=16, prefill_lengths=PREFILL):
-        key = (name, quantize, cache_length, tuple(prefill_lengths))
+    def export(name="tiny_window", quantize="none", cache_length=16, prefill_lengths=PREFILL, int4_block_size=None):
+        key = (name, quantize, cache_length, tuple(prefill_lengths), int4_block_size)
         if key not in paths:
-            path = folder / f"{name}_{quantize}_{cache_length}_{'_'.join(map(str, prefill_lengths))}.tflite"
+            lengths = "_".join(map(str, prefill_lengths))
+            path = folder / f"{name}_{quantize}_{cache_length}_{lengths}_{int4_block_size}.tflite"
             tflite.export_tflite(
                 fixture_path(name), path, quantize=quantize, prefill_lengths=prefill_lengths,
-                cache_length=cache_length, progress=False,
+                cache_length=cache_length, progress=False, int4_block_size=int4_block_size,
             )
             paths[key] = path
         return paths[key]
@@ -207,13 +212,14 @@ def test_quantized_variants_track_the_float_model(
 ):
     """Teacher-forced over HF's 60 greedy tokens: top-1 agreement, logit distance and correlation
     with Keras float32 (measured: fp16 1.0 / 0.029 / 0.999997, int8 0.98 / 0.96 / 0.997, int4
-    0.18 / 6.6 / 0.81, chance being 0.001 / - / 0; logits span +-6.9). Hidden size 64 leaves int4
-    two blocks of 32 per row, and std-0.2 random weights suffer from rounding far more than a
-    trained model (see docs/tflite.md for the 175M model)."""
+    0.18 / 6.6 / 0.81, chance being 0.001 / - / 0; logits span +-6.9). int4 in blocks of 32 (the
+    fixture's default would be 64: one block a row): hidden size 64 leaves two blocks per row, and
+    std-0.2 random weights suffer from rounding far more than a trained model (docs/tflite.md,
+    Quality, compares block sizes on a trained one)."""
     ref = reference("tiny_window")
     prompt, sequence = ref["gen_long_prompt_input"].reshape(-1), ref["gen_long_prompt"].reshape(-1)
     expected = causal_lm("tiny_window")(sequence[None]).logits.numpy()[0, len(prompt) - 1:-1]
-    runner = TFLiteRunner(exported(quantize=quantize))
+    runner = TFLiteRunner(exported(quantize=quantize, int4_block_size=32 if quantize == "int4" else None))
     cache = runner.prefill(prompt[:-1], runner.empty_cache(), 0)
     logits = []
     for position in range(len(prompt) - 1, len(sequence) - 1):
@@ -236,9 +242,6 @@ def test_quantized_files_are_smaller(exported):
 
 def weight_types(path):
     """`{weight input name: TFLite tensor type name}` in a file's `decode` subgraph."""
-    from ai_edge_litert import schema_py_generated as schema
-    from ai_edge_litert.tools import flatbuffer_utils
-
     model = flatbuffer_utils.read_model(str(path))
     types = {value: name for name, value in vars(schema.TensorType).items() if not name.startswith("_")}
     decode = next(s for s in model.signatureDefs if s.signatureKey == b"decode")
@@ -273,6 +276,26 @@ def test_int8_weights_need_an_int4_export(tmp_path):
     with pytest.raises(ValueError, match="keeps weights of an int4 export in int8"):
         tflite.export_tflite(fixture_path("tiny_window"), tmp_path / "m.tflite", quantize="fp16",
                              int8_weights=["lm_head"])
+
+
+def test_int4_blocks_default_to_the_largest_size_up_to_128_that_fits(tmp_path):
+    path = tmp_path / "m.tflite"  # tiny_window: hidden 64, so blocks of 64
+    tflite.export_tflite(fixture_path("tiny_window"), path, quantize="int4", prefill_lengths=[4], cache_length=16,
+                         progress=False)
+    assert json.loads(open(f"{path}.json").read())["int4_block_size"] == 64
+    model = flatbuffer_utils.read_model(str(path))
+    sizes = {t.quantization.details.blockSize for g in model.subgraphs for t in g.tensors
+             if t.quantization is not None and t.quantization.details is not None}
+    assert sizes == {64}
+
+
+def test_int4_blocks_that_do_not_divide_an_input_size_are_rejected(tmp_path):
+    with pytest.raises(ValueError, match=r"int4 blocks of 128 need input sizes divisible by it: \['model.embed_tokens"):
+        tflite.export_tflite(fixture_path("tiny_window"), tmp_path / "m.tflite", quantize="int4",
+                             int4_block_size=128)
+    with pytest.raises(ValueError, match=r"int4_block_size must be one of \(32, 64, 128, 256\); got 48"):
+        tflite.export_tflite(fixture_path("tiny_window"), tmp_path / "m.tflite", quantize="int4",
+                             int4_block_size=48)
 
 
 def test_progress_names_the_stages(tmp_path, capsys):

@@ -37,7 +37,7 @@ def graph():
     return config, functions, weights
 
 
-def reference_file(graph, quantize, path):
+def reference_file(graph, quantize, path, block_size=None):
     """Today's export: the TF converter on the graph with constant weights (+ ai-edge-quantizer for int4)."""
     _, functions, weights = graph
     constants = {name: tf.constant(value) for name, value in weights.items()}
@@ -59,15 +59,15 @@ def reference_file(graph, quantize, path):
         converter.target_spec.supported_types = [tf.float16]
     data = converter.convert()
     if quantize == "int4":
-        data = quantize_int4_with_ai_edge_quantizer(data)
+        data = quantize_int4_with_ai_edge_quantizer(data, block_size)
     with open(path, "wb") as f:
         f.write(data)
     return path
 
 
-def quantize_int4_with_ai_edge_quantizer(data):
+def quantize_int4_with_ai_edge_quantizer(data, block_size):
     """The int4 recipe of the previous exporter: GATHERs rewritten to EMBEDDING_LOOKUP, then
-    blockwise-32 int4 weights on every FULLY_CONNECTED and EMBEDDING_LOOKUP."""
+    blockwise int4 weights on every FULLY_CONNECTED and EMBEDDING_LOOKUP."""
     model = flatbuffer_utils.read_model_from_bytearray(memoryview(data))
     for number, subgraph in enumerate(model.subgraphs):
         operators = []
@@ -81,7 +81,7 @@ def quantize_int4_with_ai_edge_quantizer(data):
     recipes = recipe_manager.RecipeManager()
     for operation in (qtyping.TFLOperationName.FULLY_CONNECTED, qtyping.TFLOperationName.EMBEDDING_LOOKUP):
         recipes.add_dynamic_config(regex=".*", operation_name=operation, num_bits=4,
-                                   granularity=qtyping.QuantGranularity.BLOCKWISE_32)
+                                   granularity=qtyping.QuantGranularity[f"BLOCKWISE_{block_size}"])
     packed = bytes(flatbuffer_utils.convert_object_to_bytearray(model))
     return bytes(quantizer.Quantizer(packed, recipes.get_quantization_recipe()).quantize().quantized_model)
 
@@ -108,12 +108,13 @@ def run(path):
 @pytest.mark.slow
 # fp16: the converter also stores the graph's own small constants (the rotary frequencies) in
 # float16, where ours stay float32; the weights are the same float16 values.
-@pytest.mark.parametrize("quantize, tolerance", [("none", 1e-5), ("fp16", 1e-2), ("int8", 1e-3), ("int4", 1e-3)])
-def test_streamed_file_gives_the_logits_of_the_converter_file(graph, tmp_path, quantize, tolerance):
+@pytest.mark.parametrize("quantize, block_size, tolerance", [
+    ("none", None, 1e-5), ("fp16", None, 1e-2), ("int8", None, 1e-3), ("int4", 32, 1e-3), ("int4", 64, 1e-3)])
+def test_streamed_file_gives_the_logits_of_the_converter_file(graph, tmp_path, quantize, block_size, tolerance):
     ours = tmp_path / "ours.tflite"
     tflite.export_tflite(fixture_path("tiny_window"), ours, quantize=quantize, prefill_lengths=[PREFILL],
-                         cache_length=CACHE, progress=False)
-    theirs = reference_file(graph, quantize, tmp_path / "theirs.tflite")
+                         cache_length=CACHE, progress=False, int4_block_size=block_size)
+    theirs = reference_file(graph, quantize, tmp_path / "theirs.tflite", block_size)
     (our_logits, our_cache), (their_logits, their_cache) = run(ours), run(theirs)
     np.testing.assert_allclose(our_logits, their_logits, atol=tolerance, rtol=0)
     for name in their_cache:
@@ -125,14 +126,15 @@ def test_the_exporter_never_allocates_the_models_weights():
     assert model.weights and all(variable._value is None for variable in model.weights)
 
 
-def test_int4_blocks_equal_ai_edge_quantizers(graph):
-    weight = graph[2]["weight_model_layers_0_mlp_down_proj_weight"]  # [64, 128]: 4 blocks a row
-    packed, scales = tflite_weights.encode_int4_blocks(weight)
-    blocks = weight.reshape(weight.shape[0], -1, tflite_weights.INT4_BLOCK_SIZE)
+@pytest.mark.parametrize("block_size", [32, 64, 128])
+def test_int4_blocks_equal_ai_edge_quantizers(graph, block_size):
+    weight = graph[2]["weight_model_layers_0_mlp_down_proj_weight"]  # [64, 128]
+    packed, scales = tflite_weights.encode_int4_blocks(weight, block_size)
+    blocks = weight.reshape(weight.shape[0], -1, block_size)
     zero_point, scale = uniform_quantize_tensor.tensor_zp_scale_from_min_max(
-        blocks.min(axis=2), blocks.max(axis=2), 4, True, qtyping.QuantGranularity.BLOCKWISE_32)
+        blocks.min(axis=2), blocks.max(axis=2), 4, True, qtyping.QuantGranularity[f"BLOCKWISE_{block_size}"])
     params = qtyping.UniformQuantParams(num_bits=4, quantized_dimension=1, scale=scale, zero_point=zero_point,
-                                        symmetric=True, block_size=32)
+                                        symmetric=True, block_size=block_size)
     expected = uniform_quantize_tensor.uniform_quantize(weight, params, is_blockwise_quant=True).reshape(-1)
     unpacked = np.stack([packed & 0xF, packed >> 4], axis=1).reshape(-1).astype(np.int8)
     np.testing.assert_array_equal(np.where(unpacked > 7, unpacked - 16, unpacked), expected)

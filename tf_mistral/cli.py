@@ -343,14 +343,16 @@ def export_saved_model(args):
 
 
 def export_tflite_flags(p):
-    from tf_mistral.export.tflite_options import DEFAULT_PREFILL_LENGTHS, QUANTIZE_OPTIONS
+    from tf_mistral.export.tflite_options import (
+        DEFAULT_INT4_BLOCK_SIZE, DEFAULT_PREFILL_LENGTHS, INT4_BLOCK_SIZES, QUANTIZE_OPTIONS,
+    )
 
     p.add_argument("--checkpoint", metavar="DIR", required=True, help="Hugging Face checkpoint folder (a causal LM)")
     p.add_argument("--output", metavar="FILE", required=True, help="the .tflite file to write")
     p.add_argument("--quantize", default="none", choices=QUANTIZE_OPTIONS,
                    help="none: float32; fp16: float16 weights; int8: int8 weights (per-row scales); int4: int4 "
-                        "weights in blocks of 32. Written one tensor at a time: a 7B export needs a few GB. "
-                        "Default none")
+                        "weights in blocks (--int4-block-size). Written one tensor at a time: a 7B export needs "
+                        "a few GB. Default none")
     p.add_argument("--prefill-lengths", type=arguments.comma_separated_ints, metavar="N,N,...",
                    help=f"prefill signature lengths (default {','.join(map(str, DEFAULT_PREFILL_LENGTHS))}, "
                         "clipped to the cache)")
@@ -372,11 +374,15 @@ def export_tflite(args):
     result = export(
         args.checkpoint, args.output, quantize=args.quantize, prefill_lengths=args.prefill_lengths,
         cache_length=args.cache_length, litertlm=args.litertlm, tokenizer=args.tokenizer,
-        int8_weights=args.int8_weights,
+        int8_weights=args.int8_weights, int4_block_size=args.int4_block_size,
     )
     print(f"wrote {result['path']} ({human_size(result['bytes'])}, {result['cache_length']} cache slots, "
           f"signatures {', '.join(f'prefill_{n}' for n in result['prefill_lengths'])}, decode)")
     if result["litertlm"]:
+    p.add_argument("--int4-block-size", type=int, choices=INT4_BLOCK_SIZES,
+                   help="with --quantize int4: weights per float16 scale; larger blocks decode faster on CPU and "
+                        f"lose a little accuracy (docs/tflite.md). Default {DEFAULT_INT4_BLOCK_SIZE}, or the "
+                        "largest that divides a narrow model's sizes")
         print(f"wrote {result['litertlm']}")
 
 
