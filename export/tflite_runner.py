@@ -311,20 +311,18 @@ class TFLiteRunner:
 
     @property
     def tokenizer(self):
-        from tf_mistral.tokenizer import MistralTokenizer
+        """The `MistralTokenizer` given at construction (loaded on first use: TF Text is imported
+        only by runs that tokenize), else Mistral v0.1's."""
+        from tf_mistral.tokenizer import load_tokenizer
 
-        if not isinstance(self._tokenizer, MistralTokenizer):
-            self._tokenizer = MistralTokenizer.from_pretrained(self._tokenizer)
+        self._tokenizer = load_tokenizer(self._tokenizer)
         return self._tokenizer
 
     def generate_text(self, prompt, max_new_tokens=20, **kwargs):
         """Tokenizes `prompt` (with BOS), generates, and returns the new text (special tokens dropped)."""
-        tokenizer = self.tokenizer
-        if tokenizer.vocab_size > self.vocab_size:
-            raise ValueError(
-                f"the tokenizer has {tokenizer.vocab_size} pieces but the model's vocabulary is {self.vocab_size}: "
-                "pass the checkpoint's tokenizer"
-            )
+        from tf_mistral.tokenizer import load_tokenizer
+
+        tokenizer = load_tokenizer(self.tokenizer, vocab_size=self.vocab_size)
         ids = tokenizer.encode(prompt)
         output = self.generate(ids, max_new_tokens=max_new_tokens, **kwargs)
         return tokenizer.decode(output[len(ids):].tolist(), skip_special_tokens=True)
