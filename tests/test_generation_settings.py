@@ -1,6 +1,7 @@
-"""HF's generation settings in `generate`: logits processors, scores and transition scores against
-HF transformers (tiny_window/generation.npz), `GenerationConfig`, `num_return_sequences`,
-`stop_strings`, XLA-wrapped `generate`, and runtimes refusing settings they cannot honour."""
+"""HF's generation settings in `generate`: logits processors (also on a padded batch), scores and
+transition scores against HF transformers (tiny_window/generation.npz), `stop_strings`,
+`GenerationConfig`, `num_return_sequences`, XLA-wrapped `generate`, and runtimes refusing settings
+they cannot honour."""
 
 import numpy as np
 import pytest
@@ -56,6 +57,28 @@ def test_min_new_tokens_masks_the_end_token_as_hf(model, hf):
     sequences = model.generate(hf["input_ids"], max_new_tokens=8, eos_token_id=int(hf["min_new_tokens_eos"]),
                                pad_token_id=0, min_new_tokens=4)
     np.testing.assert_array_equal(sequences, hf["min_new_tokens_sequences"])
+
+
+@pytest.mark.parametrize("setting, label", [
+    (dict(repetition_penalty=1.5), "padded_repetition_penalty"),
+    (dict(no_repeat_ngram_size=2), "padded_no_repeat_ngram"),
+])
+def test_processors_count_the_pad_ids_of_a_left_padded_batch_as_hf(model, hf, setting, label):
+    out = model.generate(hf["padded_input_ids"], attention_mask=hf["padded_attention_mask"], max_new_tokens=6,
+                         eos_token_id=[], pad_token_id=0, return_dict_in_generate=True, output_scores=True, **setting)
+    np.testing.assert_array_equal(out.sequences, hf[f"{label}_sequences"])
+    np.testing.assert_allclose(np.stack(out.scores, 1), hf[f"{label}_scores"], atol=1e-4)
+
+
+def test_a_right_padded_batch_is_processed_as_the_same_padding_on_the_left(model, hf):
+    left, mask = hf["padded_input_ids"], hf["padded_attention_mask"]
+    order = np.argsort(1 - mask, axis=1, kind="stable")  # tokens first, then the padding ids as they were
+    right = np.take_along_axis(left, order, axis=1)
+    out = model.generate(right, attention_mask=np.take_along_axis(mask, order, axis=1), max_new_tokens=6,
+                         eos_token_id=[], pad_token_id=0, no_repeat_ngram_size=2, return_dict_in_generate=True,
+                         output_scores=True)
+    np.testing.assert_array_equal(out.sequences[:, 7:], hf["padded_no_repeat_ngram_sequences"][:, 7:])
+    np.testing.assert_allclose(np.stack(out.scores, 1), hf["padded_no_repeat_ngram_scores"], atol=1e-4)
 
 
 @pytest.mark.parametrize("filters, expected", [
@@ -165,17 +188,30 @@ def test_a_generation_config_json_asking_for_beam_search_is_refused(model):
 
 # --- stop strings --------------------------------------------------------------------------------
 
-def test_a_row_ends_at_the_token_that_completes_a_stop_string(model):
+@pytest.fixture(scope="module")
+def tiny_tokenizer():
     from tf_mistral.tokenizer import MistralTokenizer
 
-    tokenizer = MistralTokenizer.from_pretrained(fixture_path("tiny_tokenizer"))
+    return MistralTokenizer.from_pretrained(fixture_path("tiny_tokenizer"))
+
+
+def test_a_row_ends_at_the_token_that_completes_a_stop_string_and_the_loop_stops_there(model, tiny_tokenizer):
     full = model.generate(PROMPT, max_new_tokens=12, eos_token_id=[])[0]
-    texts = tokenizer.batch_decode([full[:7 + count].tolist() for count in range(13)])
+    texts = tiny_tokenizer.batch_decode([full[:7 + count].tolist() for count in range(13)])
     count = next(c for c in range(4, 13) if len(texts[c]) > len(texts[c - 1]) + 1)  # a token that adds 2+ characters
     stop = texts[count][len(texts[count - 1]) - 1:len(texts[count - 1]) + 1]  # spans the last two tokens
     assert stop not in texts[count - 1][len(texts[0]):]
-    out = model.generate(PROMPT, max_new_tokens=12, eos_token_id=[], stop_strings=[stop], tokenizer=tokenizer)
+    columns = []
+    out = model.generate(PROMPT, max_new_tokens=12, eos_token_id=[], stop_strings=[stop], tokenizer=tiny_tokenizer,
+                         streamer=columns.append)
     np.testing.assert_array_equal(out[0], full[:7 + count])
+    assert len(columns) == count
+
+
+def test_without_stop_strings_nor_streamer_generation_is_one_compiled_loop(model):
+    model._generation_functions = {}
+    model.generate(PROMPT, max_new_tokens=3, eos_token_id=[])
+    assert sorted(key[0] for key in model._generation_functions) == ["decode", "start"]
 
 
 # --- XLA-wrapped generate ----------------------------------------------------------------------

@@ -14,9 +14,10 @@ import tensorflow as tf
 from tf_mistral import cache as kv_cache
 from tf_mistral.generation import buckets, loop
 from tf_mistral.generation.config import GenerationConfig
-from tf_mistral.generation.outputs import cut_at_stop_strings, generate_output, transition_scores
+from tf_mistral.generation.outputs import generate_output, transition_scores
 from tf_mistral.generation.processors import Processing
 from tf_mistral.generation.sampling import SamplingMode, validate_sampling, validate_seed
+from tf_mistral.generation.stop_strings import StopStrings
 
 
 def as_int_matrix(value, name):
@@ -43,14 +44,11 @@ def check_attention_mask(attention_mask):
         )
 
 
-def left_align(input_ids, attention_mask, pad_token_id):
-    """Moves each row's padding to the left (generation needs left padding); rows keep their order."""
-    ids, mask = np.full_like(input_ids, pad_token_id), np.zeros_like(attention_mask)
-    for row, (tokens, keep) in enumerate(zip(input_ids, attention_mask.astype(bool))):
-        real = tokens[keep]
-        if real.size:
-            ids[row, -real.size:], mask[row, -real.size:] = real, 1
-    return ids, mask
+def left_align(input_ids, attention_mask):
+    """Moves each row's padding, its ids as given, to the left (generation needs left padding):
+    the row becomes what the same padding on the left would have been. Tokens keep their order."""
+    order = np.argsort(attention_mask, axis=1, kind="stable")  # the 0 columns first, each side in order
+    return np.take_along_axis(input_ids, order, axis=1), np.take_along_axis(attention_mask, order, axis=1)
 
 
 class GenerationMixin:
@@ -90,6 +88,8 @@ class GenerationMixin:
                 stop_strings, return_dict_in_generate, output_scores, output_logits.
             streamer: an object with `put(token_ids [batch])` and `end()` (e.g. `TextStreamer`),
                 or a callable taking the token ids; it receives each new column as it is made.
+                A streamer or `stop_strings` make the loop run from Python, one compiled step per
+                token (`stop_strings.py`); otherwise it is one compiled `while_loop`.
             jit_compile: True: the decode loop under XLA; False: as a plain TensorFlow graph;
                 None (default): the faster on CPU for the model's dtype (`decodes_under_xla`).
                 The prefill of float weights runs as a TensorFlow graph either way.
@@ -127,30 +127,27 @@ class GenerationMixin:
             raise ValueError("stop_strings needs a tokenizer: pass generate(..., tokenizer=tokenizer)")
 
         padded_left = (np.diff(attention_mask, axis=1) >= 0).all()
-        pad_token_id = sampling.pad_token_id
-        ids, mask = (input_ids, attention_mask) if padded_left else left_align(input_ids, attention_mask, pad_token_id)
+        ids, mask = (input_ids, attention_mask) if padded_left else left_align(input_ids, attention_mask)
         bucket = buckets.prompt_bucket(prompt)
-        ids = np.pad(ids, [(0, 0), (bucket - prompt, 0)], constant_values=pad_token_id)
+        ids = np.pad(ids, [(0, 0), (bucket - prompt, 0)], constant_values=sampling.pad_token_id)
         mask = np.pad(mask, [(0, 0), (bucket - prompt, 0)])
 
         width = buckets.new_tokens_bucket(max_new_tokens)
         cache_length = buckets.cache_length(bucket + width - 1, self.config.sliding_window)
         args = (sampling.temperature, sampling.top_p, sampling.seed)
         state = self._compiled("start", sampling, jit_compile, batch, bucket, width, cache_length)(
-            tf.constant(ids), tf.constant(mask)
+            tf.constant(ids), tf.constant(mask), tf.constant(prompt)
         )
-        if streamer is None:
+        if streamer is None and not stop_strings:
             decode = self._compiled("decode", sampling, jit_compile, batch, width, cache_length)
             state = decode(state, tf.constant(max_new_tokens), *args)
         else:
             first = self._compiled("first", sampling, jit_compile, batch, width, cache_length)
             step = self._compiled("step", sampling, jit_compile, batch, width, cache_length)
-            state = _stream(first(state, *args), step, args, max_new_tokens, streamer)
-        tokens, steps = state["tokens"].numpy(), int(state["step"])
-        if stop_strings:
-            prompts = [row[keep.astype(bool)] for row, keep in zip(input_ids, attention_mask)]
-            tokens, steps = cut_at_stop_strings(tokens[:, :steps], prompts, stop_strings, tokenizer, sampling)
-        sequences = np.concatenate([input_ids, tokens[:, :steps]], axis=1)
+            stop = StopStrings(stop_strings, tokenizer, input_ids, attention_mask) if stop_strings else None
+            state = _step_on_host(first(state, *args), step, args, max_new_tokens, streamer, stop)
+        steps = int(state["step"])
+        sequences = np.concatenate([input_ids, state["tokens"].numpy()[:, :steps]], axis=1)
         return generate_output(config, sequences, state, lambda recorded: tuple(recorded.numpy()[:, :steps].swapaxes(0, 1)))
 
     def _check_prompt(self, input_ids, attention_mask):
@@ -247,9 +244,10 @@ class GenerationMixin:
         """The function of one kind, shape and sampling mode, traced on first use and then reused.
 
         Kinds (`tf_mistral.generation.loop`): "start" (the prefill; `shape` is the prompt bucket,
-        the output width and the cache length), "decode" (the first token and the `while_loop` of
-        the others), and for streaming "first" and "step" (one token each); the last three depend
-        on the width and the cache length alone.
+        the output width and the cache length; its third argument is the prompt's columns as
+        given, the last of the bucket), "decode" (the first token and the `while_loop` of the
+        others), and for a loop run from Python (streaming, stop strings) "first" and "step" (one
+        token each); the last three depend on the width and the cache length alone.
         The prefill of float weights runs as a TensorFlow graph: on CPU, TensorFlow's oneDNN
         matmuls take its many rows faster than XLA's (bfloat16 twice as fast,
         docs/benchmarks.md); Keras-quantized weights prefill under XLA (TF's graph int8 kernels
@@ -275,8 +273,8 @@ class GenerationMixin:
                 return loop.Sampling(temperature=temperature, top_p=top_p, seed=seed, **static)
 
             functions = {
-                "start": lambda ids, mask: loop.start(
-                    self, ids, mask, shape[1], shape[2], sampling.pad_token_id, sampling.processing
+                "start": lambda ids, mask, prompt_columns: loop.start(
+                    self, ids, mask, shape[1], shape[2], sampling.pad_token_id, sampling.processing, prompt_columns
                 ),
                 "decode": lambda state, new_tokens, *args: loop.decode(self, state, new_tokens, run(*args)),
                 "first": lambda state, *args: loop.first_token(state, run(*args)),
@@ -309,14 +307,26 @@ def _quantized(model):
     return any(getattr(layer, "quantization_mode", None) for layer in model._flatten_layers())
 
 
-def _stream(state, step, args, max_new_tokens, streamer):
-    """Runs `step` from Python so that each new column reaches `streamer` as it is made; returns
-    the final state."""
-    put = streamer if callable(streamer) and not hasattr(streamer, "put") else streamer.put
-    put(state["token"].numpy())
-    while int(state["step"]) < max_new_tokens and not bool(tf.reduce_all(state["finished"])):
+def _step_on_host(state, step, args, max_new_tokens, streamer=None, stop=None):
+    """Runs `step` from Python after the first token (in `state`): each new column reaches
+    `streamer` as it is made, and rows whose text completes a stop string (`stop`, a
+    `StopStrings`) end before the next step. Returns the final state."""
+    put = None
+    if streamer is not None:
+        put = streamer if callable(streamer) and not hasattr(streamer, "put") else streamer.put
+    running = np.ones(state["token"].shape[0], bool)  # the rows that made the newest column
+    while True:
+        token, finished = state["token"].numpy(), state["finished"].numpy()
+        if put is not None:
+            put(token)
+        ended = np.zeros_like(finished) if stop is None else stop.ended(token, running)
+        if ended.any():
+            finished = finished | ended
+            state = dict(state, finished=tf.constant(finished))
+        if int(state["step"]) >= max_new_tokens or finished.all():
+            break
+        running = ~finished
         state = step(state, *args)
-        put(state["token"].numpy())
     if hasattr(streamer, "end"):
         streamer.end()
     return state

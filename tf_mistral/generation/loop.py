@@ -104,7 +104,8 @@ def _emit(state, logits, sampling):
     return state
 
 
-def start(model, input_ids, attention_mask, max_new_tokens, cache_length, pad_token_id, processing=processors.Processing()):
+def start(model, input_ids, attention_mask, max_new_tokens, cache_length, pad_token_id, processing=processors.Processing(),
+          prompt_columns=None):
     """Prefills the prompt: the state that `first_token` and then `decode_step` advance.
 
     Args:
@@ -115,6 +116,9 @@ def start(model, input_ids, attention_mask, max_new_tokens, cache_length, pad_to
             (the SavedModel's per-request length; the cache's slot axis is then dynamic).
         pad_token_id: Python int, what the output buffer holds where nothing was generated.
         processing: `processors.Processing`; its state entries are added (none by default).
+        prompt_columns: int32 scalar, the last columns that are the prompt as the caller gave it,
+            padding included (HF's processors read its pad ids as tokens); the columns before are
+            `generate`'s bucket padding, which they do not. None: every column.
 
     Returns:
         A dict: `logits` `[batch, vocab]` of the prompt's last column (which `first_token`
@@ -135,7 +139,7 @@ def start(model, input_ids, attention_mask, max_new_tokens, cache_length, pad_to
         cache=cache,
         columns=columns,
         pad_start=pad_start,
-        **processors.initial_state(processing, input_ids, attention_mask, max_new_tokens, model.config.vocab_size),
+        **processors.initial_state(processing, input_ids, prompt_columns, max_new_tokens, model.config.vocab_size),
     )
 
 

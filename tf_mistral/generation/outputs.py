@@ -1,5 +1,4 @@
-"""What `generate` returns besides token ids: `GenerateOutput`, transition scores, and rows cut at
-stop strings."""
+"""What `generate` returns besides token ids: `GenerateOutput` and transition scores."""
 
 import dataclasses
 
@@ -49,36 +48,3 @@ def transition_scores(sequences, scores, normalize_logits=False):
     tokens = np.asarray(sequences)[:, -stacked.shape[1]:]
     return np.take_along_axis(stacked, tokens[..., None].astype(np.int64), axis=-1)[..., 0]
 
-
-def cut_at_stop_strings(tokens, prompts, stop_strings, tokenizer, sampling):
-    """Ends each row at the first new token whose text completes one of `stop_strings`, as HF's
-    `StopStringCriteria` does.
-
-    Args:
-        tokens: int32 `[rows, steps]`, the new tokens (pad after a row's end token).
-        prompts: each row's real prompt ids (no padding).
-        stop_strings: non-empty str.
-        tokenizer: has `batch_decode(list of id lists)`.
-        sampling: the `loop.Sampling` (its eos and pad ids).
-
-    Returns:
-        `(tokens, steps)`: the rows with pad after their stop, and the columns up to the last end.
-    """
-    tokens = tokens.copy()
-    ends = []
-    for row, prompt in zip(tokens, prompts):
-        end = _end_column(row, sampling.eos_token_ids)
-        texts = tokenizer.batch_decode([prompt.tolist() + row[:count].tolist() for count in range(end + 1)])
-        for count, text in enumerate(texts[1:], start=1):
-            if any(stop in text[max(len(texts[0]) - len(stop) + 1, 0):] for stop in stop_strings):
-                row[count:], end = sampling.pad_token_id, count
-                break
-        ends.append(end)
-    steps = max(ends, default=0)
-    return tokens[:, :steps], steps
-
-
-def _end_column(row, eos_token_ids):
-    """Columns of `row` up to and including its first end token (all when it has none)."""
-    ended = np.flatnonzero(np.isin(row, list(eos_token_ids)))
-    return int(ended[0]) + 1 if ended.size else len(row)

@@ -5,8 +5,11 @@ loop carries no extra state and traces the same graph as before. What a setting 
 the loop's state by `initial_state` and kept current by `record`:
 
     seen        bool  [batch, vocab]            tokens in the row so far (repetition_penalty)
-    history     int32 [batch, prompt + width]   the row's tokens, -1 for padding and the future
-                                                (no_repeat_ngram_size)
+    history     int32 [batch, prompt + width]   the row's tokens, -1 for bucket padding and the
+                                                future (no_repeat_ngram_size)
+
+As HF's processors, which read the whole of `input_ids`, they count the pad ids of a padded prompt
+as tokens of the row; only the columns `generate` itself adds to reach a prompt bucket do not.
     scores      float32 [batch, width, vocab]   processed scores of each step (output_scores)
     raw_logits  float32 [batch, width, vocab]   the model's logits of each step (output_logits)
 """
@@ -34,18 +37,20 @@ class Processing:
         return self != Processing()
 
 
-def initial_state(processing, input_ids, attention_mask, width, vocab):
+def initial_state(processing, input_ids, prompt_columns, width, vocab):
     """The state entries `processing` needs (module docstring), from the left-padded int32
-    `input_ids` / `attention_mask [batch, prompt]` and the output width; {} for the default."""
-    batch = tf.shape(input_ids)[0]
-    real = tf.cast(attention_mask, tf.bool)
+    `input_ids [batch, columns]`, of which the last `prompt_columns` (int32 scalar; None: all)
+    are the prompt as given, and the output width; {} for the default."""
+    batch, columns = tf.shape(input_ids)[0], tf.shape(input_ids)[1]
+    first_given = 0 if prompt_columns is None else columns - prompt_columns
+    given = tf.broadcast_to(tf.range(columns) >= first_given, tf.shape(input_ids))  # all but bucket padding
     state = {}
     if processing.repetition_penalty != 1.0:
         rows = tf.broadcast_to(tf.range(batch)[:, None], tf.shape(input_ids))
-        counts = tf.scatter_nd(tf.stack([rows, input_ids], axis=-1), tf.cast(real, tf.int32), [batch, vocab])
+        counts = tf.scatter_nd(tf.stack([rows, input_ids], axis=-1), tf.cast(given, tf.int32), [batch, vocab])
         state["seen"] = counts > 0
     if processing.no_repeat_ngram_size:
-        prompt = tf.where(real, input_ids, -1)
+        prompt = tf.where(given, input_ids, -1)
         state["history"] = tf.concat([prompt, tf.fill([batch, width], -1)], axis=1)
     for name, wanted in (("scores", processing.output_scores), ("raw_logits", processing.output_logits)):
         if wanted:
