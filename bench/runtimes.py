@@ -60,14 +60,13 @@ def read_into_memory(model, folder):
 
 
 def keras(folder, dtype, quantize=None, jit_compile=None, threads=None):
-    """tf_mistral `TFMistralForCausalLM.generate`: `from_pretrained(dtype=dtype)`, then Keras
-    `quantize(quantize)` if given ("int8"); `jit_compile` as `generate` takes it (None: its default)."""
+    """tf_mistral `TFMistralForCausalLM.generate`: `from_pretrained(dtype=dtype, quantize=quantize)`
+    (quantize "int8": Keras int8 layers quantized while loading, the model `quantize("int8")` after
+    a float load gives); `jit_compile` as `generate` takes it (None: its default)."""
     import tf_mistral
 
     tensorflow_threads(threads)
-    model = tf_mistral.TFMistralForCausalLM.from_pretrained(folder, dtype=dtype, progress=False)
-    if quantize:
-        model.quantize(quantize)
+    model = tf_mistral.TFMistralForCausalLM.from_pretrained(folder, dtype=dtype, quantize=quantize, progress=False)
 
     def generate(ids, new_tokens):
         return model.generate(ids, max_new_tokens=new_tokens, eos_token_id=[], pad_token_id=0,

@@ -359,6 +359,26 @@ def test_generate_keras_prints_the_models_text(capsys, tiny_checkpoint, keras_te
     assert f"{NEW_TOKENS} tokens in" in err and "tokens/s" in err
 
 
+@pytest.mark.filterwarnings("ignore:Layer .* does not have a `quantize` method")
+def test_generate_keras_int8_prints_the_text_of_the_model_keras_quantize_gives(capsys, tiny_checkpoint):
+    from tf_mistral import TFMistralForCausalLM
+    from tf_mistral.tokenizer import MistralTokenizer
+
+    tokenizer = MistralTokenizer.from_pretrained(tiny_checkpoint)
+    model = TFMistralForCausalLM.from_pretrained(tiny_checkpoint, progress=False)
+    model.quantize("int8")
+    expected = model.generate(np.array([tokenizer.encode(PROMPT)]), max_new_tokens=NEW_TOKENS)
+    code, out, _ = run(capsys, "generate", PROMPT, "--checkpoint", tiny_checkpoint, "--quantize", "int8",
+                       "--max-new-tokens", str(NEW_TOKENS))
+    assert code == 0
+    assert out == tokenizer.decode(expected[0].tolist(), skip_special_tokens=True) + "\n"
+
+
+def test_quantize_with_an_exported_runtime_is_a_usage_error(capsys):
+    code, _, err = run(capsys, "generate", "hi", "--tflite", "model.tflite", "--quantize", "int8")
+    assert code == 2 and "--quantize applies to the Keras model" in err
+
+
 @pytest.mark.slow
 def test_export_tflite_then_generate_with_it(capsys, tmp_path, tiny_checkpoint, keras_text):
     path = str(tmp_path / "tiny.tflite")

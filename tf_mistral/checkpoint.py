@@ -21,6 +21,7 @@ import tensorflow as tf
 from tqdm.auto import tqdm
 
 from tf_mistral.arguments import parse_size
+from tf_mistral.quantization import Int8Target
 from tf_mistral.safetensors_io import CheckpointError, TensorEntry, open_checkpoint, write_checkpoint
 
 _BLOCK_BYTES = 16 * 2**20  # rows read and assigned at once while loading
@@ -117,6 +118,9 @@ def load_weights(model, directory, progress=True, ignore_mismatched_sizes=False)
     if not model.built:
         filled = {table[name][0] for name in todo} - {table[name][0] for name in missing}
         _build_without_random_init(model, filled)
+        for name in missing_heads:  # Keras builds int8 layers with zeros: draw and quantize as quantize() would
+            if Int8Target.of(*table[name][:2]) is not None:
+                _initialise(*table[name][:2])
     for name in list(todo):
         layer, attribute, transposed = table[name]
         variable = getattr(layer, attribute)
@@ -124,7 +128,7 @@ def load_weights(model, directory, progress=True, ignore_mismatched_sizes=False)
         dtype, file_shape = located[stored[name]].tensors[stored[name]][:2]
         if file_shape != expected and ignore_mismatched_sizes and name in _OTHER_HEADS:
             todo.remove(name)
-            variable.assign(getattr(layer, f"{attribute}_initializer")(variable.shape, variable.dtype))
+            _initialise(layer, attribute)
             warnings.warn(
                 f"{name} has shape {file_shape} in the checkpoint but {expected} in this model: newly "
                 "initialised (ignore_mismatched_sizes=True); train this head before use",
@@ -148,7 +152,7 @@ def load_weights(model, directory, progress=True, ignore_mismatched_sizes=False)
     with tqdm(total=total, unit="B", unit_scale=True, desc="loading weights", disable=not progress) as bar:
         for name in todo:
             layer, attribute, transposed = table[name]
-            _assign(getattr(layer, attribute), located[stored[name]], stored[name], transposed)
+            _assign(layer, attribute, located[stored[name]], stored[name], transposed)
             bar.update(located[stored[name]].nbytes(stored[name]))
 
 
@@ -182,29 +186,54 @@ def _build_without_random_init(model, filled_layers):
             setattr(layer, attribute, initializer)
 
 
-def _assign(variable, source, name, transposed):
-    """Copies tensor `name` of `source` into `variable`, a block of rows at a time written in
-    place into the variable's buffer: a load holds one block beyond the variables, never a whole
-    tensor nor its transposed copy (the lm_head of a 7B model is 500 MB)."""
+def _assign(layer, attribute, source, name, transposed):
+    """Copies tensor `name` of `source` into `layer.<attribute>`, a block of rows at a time written
+    in place into the variable's buffer: a load holds one block beyond the variables, never a whole
+    tensor nor its transposed copy (the lm_head of a 7B model is 500 MB). Into a Keras int8 layer
+    (`from_pretrained(quantize="int8")`), each block is quantized as Keras' `quantize()` would and
+    its int8 values and scales are written (`quantization.Int8Target`)."""
     shape = source.tensors[name][1]
-    dtype = numpy_dtype(variable.dtype)
+    target = Int8Target.of(layer, attribute)
+    variable = getattr(layer, attribute) if target is None else target.values
+    dtype = numpy_dtype(variable.dtype if target is None else target.float_dtype)
     if len(shape) < 2:
         variable.assign(_finite(source.read(name), name).astype(dtype, copy=False))
         return
-    # The tf.Variable behind the Keras variable; under a tf.distribute strategy, each replica's.
-    replicas = getattr(variable.value, "values", (variable.value,))
     step = min(shape[0], max(1, _BLOCK_BYTES // max(source.nbytes(name) // shape[0], 1)))
     for start in range(0, shape[0], step):
         start = min(start, shape[0] - step)  # the last block overlaps the one before: one block shape
-        block = _finite(source.read(name, (start, start + step)), name)
-        block = tf.convert_to_tensor(block.astype(dtype, copy=False))
-        if transposed:  # file [out, in] rows -> the same range of kernel [in, out] columns
-            block, corner = tf.transpose(block), [0, start]
+        block = _finite(source.read(name, (start, start + step)), name).astype(dtype, copy=False)
+        # file [out, in] rows -> the same range of kernel [in, out] columns
+        corner = [0, start] if transposed else [start, 0]
+        if target is None:
+            block = tf.convert_to_tensor(block)
+            _write_replicas(variable, tf.transpose(block) if transposed else block, corner)
         else:
-            corner = [start, 0]
-        for replica in replicas:
-            with tf.device(replica.device):  # XLA runs where the variable lives
-                _write_block(replica, block, corner)
+            values, scale = target.quantize(block.T if transposed else block)
+            _write_replicas(target.values, values, corner)
+            _write_replicas(target.scale, scale, [start])
+
+
+def _write_replicas(variable, block, corner):
+    """`_write_block` into the tf.Variable behind the Keras `variable`; under a tf.distribute
+    strategy, into each replica's."""
+    for replica in getattr(variable.value, "values", (variable.value,)):
+        with tf.device(replica.device):  # XLA runs where the variable lives
+            _write_block(replica, block, corner)
+
+
+def _initialise(layer, attribute):
+    """Gives `layer.<attribute>` a fresh draw of its initializer; in a Keras int8 layer, the draw
+    quantized (in the layer's float dtype, as `quantize()` quantizes a freshly built layer)."""
+    initializer = getattr(layer, f"{attribute}_initializer")
+    target = Int8Target.of(layer, attribute)
+    if target is None:
+        variable = getattr(layer, attribute)
+        variable.assign(initializer(variable.shape, variable.dtype))
+        return
+    values, scale = target.quantize(ops.convert_to_numpy(initializer(target.values.shape, target.float_dtype)))
+    target.values.assign(values)
+    target.scale.assign(scale)
 
 
 def _finite(array, name):
@@ -229,7 +258,7 @@ def _finite(array, name):
 
 @tf.function(jit_compile=True)
 def _write_block(variable, block, corner):
-    """Writes `block` into `variable` with its first element at `corner` (int32 `[2]`).
+    """Writes `block` into `variable` with its first element at `corner` (ints, one per axis).
 
     Under XLA the update happens in the variable's own buffer. The TF ops that write a slice of a
     variable in place (`ResourceStridedSliceAssign`, scatters) mark it for sparse access, after

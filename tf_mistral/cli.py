@@ -145,15 +145,27 @@ def _tokenizer_mismatch(checkpoint, has_file, pieces, vocab_size):
     return f"the model's vocabulary has {vocab_size} ids but the tokenizer ({source}) has {pieces} pieces: {fix}"
 
 
-def load_checkpoint(model_class, checkpoint, dtype):
-    """(tokenizer, model) of a checkpoint folder. The tokenizer comes first, checked against the
-    vocab_size of config.json, so that one that does not fit fails before the weights load."""
+def add_quantize_flag(parser):
+    parser.add_argument(
+        "--quantize", choices=["none", "int8"], default="none",
+        help="int8: Keras int8 weights, quantized while the checkpoint loads (about half the memory of "
+             "bfloat16; the model Keras' quantize('int8') gives). It saves memory, not time: TensorFlow decodes "
+             "it at bfloat16's speed or slower on CPU, far below LiteRT (docs/scale.md). For int8 speed, export "
+             "LiteRT (tf-mistral export tflite --quantize int8) and run it with --tflite. Default none",
+    )
+
+
+def load_checkpoint(model_class, checkpoint, dtype, quantize="none"):
+    """(tokenizer, model) of a checkpoint folder, Keras int8 when `quantize` is "int8". The
+    tokenizer comes first, checked against the vocab_size of config.json, so that one that does
+    not fit fails before the weights load."""
     from tf_mistral.config import MistralConfig
 
     if not checkpoint:
         raise UsageError("--checkpoint DIR is required (a Hugging Face Mistral folder)")
     tokenizer = load_tokenizer(checkpoint, MistralConfig.from_json_file(checkpoint).vocab_size)
-    return tokenizer, model_class.from_pretrained(checkpoint, dtype=dtype)
+    quantize = None if quantize == "none" else quantize
+    return tokenizer, model_class.from_pretrained(checkpoint, dtype=dtype, quantize=quantize)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -231,6 +243,7 @@ def generate_flags(p):
                          help="run an exported SavedModel (a version folder, or BASE/NAME: its highest version)")
     p.add_argument("--chat", action="store_true", help="wrap the prompt in the Mistral chat format")
     p.add_argument("--dtype", default=None, help="Keras dtype policy (default: the checkpoint's)")
+    add_quantize_flag(p)
     p.add_argument("--threads", type=arguments.positive_int, default=2, help="LiteRT interpreter threads (--tflite)")
     add_sampling_flags(p)
 
@@ -250,6 +263,9 @@ def generate(args):
     sampling = sampling_kwargs(args)
     if not (args.checkpoint or args.tflite or args.saved_model):
         raise UsageError("give --checkpoint DIR (Keras), --tflite FILE or --saved-model DIR")
+    if args.quantize != "none" and (args.tflite or args.saved_model):
+        raise UsageError("--quantize applies to the Keras model (--checkpoint alone); an exported file keeps "
+                         "the weights it was exported with (tf-mistral export tflite --quantize int8)")
     if args.tflite:
         from tf_mistral.export.tflite_runner import TFLiteRunner
 
@@ -265,7 +281,7 @@ def generate(args):
     else:
         from tf_mistral import TFMistralForCausalLM
 
-        tokenizer, runtime = load_checkpoint(TFMistralForCausalLM, args.checkpoint, args.dtype)
+        tokenizer, runtime = load_checkpoint(TFMistralForCausalLM, args.checkpoint, args.dtype, args.quantize)
         run = backends.keras_generate
     ids = prompt_ids(tokenizer, args.prompt, args.chat)
     if not args.chat:
@@ -279,6 +295,7 @@ def chat_flags(p):
     add_checkpoint_flag(p)
     p.add_argument("--system", help="a system prompt")
     p.add_argument("--dtype", default=None)
+    add_quantize_flag(p)
     add_sampling_flags(p)
 
 
@@ -287,7 +304,7 @@ def chat(args):
     from tf_mistral import TFMistralForCausalLM, backends
 
     sampling = sampling_kwargs(args)
-    tokenizer, model = load_checkpoint(TFMistralForCausalLM, args.checkpoint, args.dtype)
+    tokenizer, model = load_checkpoint(TFMistralForCausalLM, args.checkpoint, args.dtype, args.quantize)
     messages = []
     if args.system:
         messages.append({"role": "system", "content": args.system})

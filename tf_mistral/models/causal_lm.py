@@ -36,9 +36,13 @@ class TFMistralForCausalLM(TextMixin, TrainingMixin, GenerationMixin, MistralPre
 
     def _logits(self, hidden):
         """`hidden [..., hidden]` -> logits `[..., vocab]`, compute dtype: `lm_head`, or with
-        tied embeddings the embedding matrix `[vocab, hidden]` transposed."""
+        tied embeddings the embedding matrix `[vocab, hidden]` transposed (Keras int8: its int8
+        rows divided by their scales `[vocab]`, as the Embedding's own lookup does)."""
         if self.lm_head is None:
-            embeddings = ops.cast(self.model.embed_tokens.embeddings, self.compute_dtype)
+            embed = self.model.embed_tokens
+            embeddings = ops.cast(embed.embeddings, self.compute_dtype)
+            if embed.quantization_mode == "int8":
+                embeddings = ops.divide(embeddings, ops.cast(embed.embeddings_scale, self.compute_dtype)[:, None])
             return ops.matmul(hidden, ops.transpose(embeddings))
         return self.lm_head(hidden)
 

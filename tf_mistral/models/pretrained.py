@@ -223,7 +223,7 @@ class MistralPreTrainedModel(PresetMixin, keras.Model):
     @classmethod
     def from_pretrained(
         cls, path, dtype=None, progress=True, ignore_mismatched_sizes=False, from_pt=False, from_tf=False,
-        **config_overrides,
+        quantize=None, **config_overrides,
     ):
         """Loads a Hugging Face checkpoint folder (config.json + safetensors).
 
@@ -238,10 +238,16 @@ class MistralPreTrainedModel(PresetMixin, keras.Model):
                 False: such a mismatch raises `CheckpointError` naming the tensor.
             from_pt, from_tf: accepted for HF compatibility and ignored (safetensors are read
                 whichever framework wrote them).
+            quantize: "int8" builds the model Keras' `model.quantize("int8")` would give (the same
+                int8 `Dense` / `Embedding` variables, dtype policies and config, so saving,
+                `fit`, LoRA and `generate` behave as Keras documents), quantizing each tensor
+                as it is read: no float copy of the model is ever held (at 7B, about half the
+                bf16 load's memory). `dtype` is the float policy it quantizes from, as for
+                `quantize()` after loading (float16 is refused, as Keras refuses it).
             **config_overrides: MistralConfig fields to set after reading config.json, as HF
                 does (`num_labels=5` resizes `id2label`); other names go to `config.extra`.
         """
-        from tf_mistral import checkpoint
+        from tf_mistral import checkpoint, quantization
 
         del from_pt, from_tf
         config = MistralConfig.from_json_file(path)
@@ -252,6 +258,9 @@ class MistralPreTrainedModel(PresetMixin, keras.Model):
                 config.extra[name] = value
         config.validate()
         model = cls(config, dtype=dtype or config.torch_dtype)
+        quantization.check_mode(quantize, model.compute_dtype)
+        if quantize:
+            quantization.quantize_when_built(model, quantize)
         checkpoint.load_weights(model, path, progress=progress, ignore_mismatched_sizes=ignore_mismatched_sizes)
         generation_config = read_generation_config(path)
         if hasattr(model, "generation_config") and generation_config is not None:
