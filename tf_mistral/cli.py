@@ -379,6 +379,10 @@ def export_tflite_flags(p):
                    metavar="NAME,NAME,...",
                    help="with --quantize int4: keep in int8 every weight whose Hugging Face name contains one of "
                         "these, e.g. embed_tokens,lm_head (the quality table in docs/tflite.md)")
+    p.add_argument("--int4-block-size", type=int, choices=INT4_BLOCK_SIZES,
+                   help="with --quantize int4: weights per float16 scale; larger blocks decode faster on CPU and "
+                        f"lose a little accuracy (docs/tflite.md). Default {DEFAULT_INT4_BLOCK_SIZE}, or the "
+                        "largest that divides a narrow model's sizes")
     p.add_argument("--litertlm", action="store_true", help="also write a LiteRT-LM bundle (.litertlm) beside it")
     p.add_argument("--tokenizer", metavar="PATH", help="tokenizer.model for the bundle (default: the checkpoint's)")
 
@@ -396,10 +400,6 @@ def export_tflite(args):
     print(f"wrote {result['path']} ({human_size(result['bytes'])}, {result['cache_length']} cache slots, "
           f"signatures {', '.join(f'prefill_{n}' for n in result['prefill_lengths'])}, decode)")
     if result["litertlm"]:
-    p.add_argument("--int4-block-size", type=int, choices=INT4_BLOCK_SIZES,
-                   help="with --quantize int4: weights per float16 scale; larger blocks decode faster on CPU and "
-                        f"lose a little accuracy (docs/tflite.md). Default {DEFAULT_INT4_BLOCK_SIZE}, or the "
-                        "largest that divides a narrow model's sizes")
         print(f"wrote {result['litertlm']}")
 
 
