@@ -44,7 +44,7 @@ def sidecar_path(model_path):
     return os.fspath(model_path) + ".json"
 
 
-def write_sidecar(model_path, config, cache_length, prefill_lengths, quantize, int4_block_size=None):
+def write_sidecar(model_path, config, cache_length, prefill_lengths, quantize, int4_block_size):
     """Records what the flatbuffer does not say: the sliding window, token ids, max positions (and,
     for a reader's information, the weights' encoding)."""
     info = dict(
