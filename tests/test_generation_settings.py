@@ -137,13 +137,12 @@ def test_num_return_sequences_samples_rows_per_prompt_in_order(model):
 
 
 def test_a_generation_config_object_equals_the_same_keyword_arguments(model):
-    config = GenerationConfig(max_new_tokens=5, do_sample=True, top_k=8, seed=9, repetition_penalty=1.3, eos_token_id=[])
-    np.testing.assert_array_equal(
-        model.generate(PROMPT, generation_config=config),
-        model.generate(PROMPT, max_new_tokens=5, do_sample=True, top_k=8, seed=9, repetition_penalty=1.3, eos_token_id=[]),
-    )
+    settings = dict(max_new_tokens=5, do_sample=True, top_k=8, seed=9, repetition_penalty=1.3, eos_token_id=[])
+    config = GenerationConfig(**settings)
+    np.testing.assert_array_equal(model.generate(PROMPT, generation_config=config), model.generate(PROMPT, **settings))
     np.testing.assert_array_equal(  # keyword arguments override the object
-        model.generate(PROMPT, generation_config=config, max_new_tokens=2), model.generate(PROMPT, generation_config=config)[:, :9]
+        model.generate(PROMPT, generation_config=config, max_new_tokens=2),
+        model.generate(PROMPT, generation_config=config)[:, :9],
     )
 
 
@@ -195,6 +194,12 @@ def tiny_tokenizer():
     return MistralTokenizer.from_pretrained(fixture_path("tiny_tokenizer"))
 
 
+def test_stop_strings_end_the_rows_hf_ends_and_pad_them_as_hf(model, hf, tiny_tokenizer):
+    sequences = model.generate(hf["input_ids"], max_new_tokens=12, eos_token_id=2, pad_token_id=0,
+                               stop_strings=[str(hf["stop_string"])], tokenizer=tiny_tokenizer)
+    np.testing.assert_array_equal(sequences, hf["stop_strings_sequences"])
+
+
 def test_a_row_ends_at_the_token_that_completes_a_stop_string_and_the_loop_stops_there(model, tiny_tokenizer):
     full = model.generate(PROMPT, max_new_tokens=12, eos_token_id=[])[0]
     texts = tiny_tokenizer.batch_decode([full[:7 + count].tolist() for count in range(13)])
@@ -237,7 +242,7 @@ def test_exported_runtimes_refuse_settings_they_cannot_honour(run, runtime):
 
 
 def test_the_tflite_runner_refuses_settings_it_cannot_honour():
-    from tf_mistral.export.tflite_runner import TFLiteRunner
+    from tf_mistral.tflite_runner import TFLiteRunner
 
     runner = TFLiteRunner.__new__(TFLiteRunner)  # the check runs before any file is read
     with pytest.raises(ValueError, match="TFLiteRunner.generate cannot honour no_repeat_ngram_size=3"):
