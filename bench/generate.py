@@ -34,9 +34,8 @@ import time
 
 import numpy as np
 
-import runtimes
 from doc_section import replace_section
-
+import runtimes
 from tf_mistral.demo import matching_prefix
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -200,7 +199,8 @@ def tables(results, args):
     short, long = args.lengths
     lines = [f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
              f"float32 unless said; greedy; new tokens N1={short}, N2={long}; min of {args.repeats} runs.", ""]
-    lines += ["| case | runner | decode tok/s | prefill tok/s | end-to-end s | first-call compile s | peak RSS MB | greedy tokens equal to ours |",
+    lines += ["| case | runner | decode tok/s | prefill tok/s | end-to-end s | first-call compile s | peak RSS MB "
+              "| greedy tokens equal to ours |",
               "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for label, batch, prompt in cases(args):
         reference = find("ours", "float32", batch, prompt)

@@ -74,7 +74,9 @@ def saved_model(mode, path):
     load = time.perf_counter() - started
     reader = tf.train.load_checkpoint(os.path.join(path, "variables", "variables"))
     dtypes = reader.get_variable_to_dtype_map()
-    variables = sum(int(np.prod(shape)) * dtypes[name].size for name, shape in reader.get_variable_to_shape_map().items())
+    variables = sum(
+        int(np.prod(shape)) * dtypes[name].size for name, shape in reader.get_variable_to_shape_map().items()
+    )
     return f"saved-model {mode}: load {load:.1f} s, variables {variables / 1e9:.2f} GB, peak {peak_gb():.2f} GB"
 
 
@@ -86,7 +88,9 @@ def main():
     parser.add_argument("--checkpoint", default=CHECKPOINT)
     parser.add_argument("--decode", type=int, default=0, help="keras: greedy tokens to time after loading")
     args = parser.parse_args()
-    modes = {"keras": ("framework", "bf16", "int8", "bf16-then-quantize"), "saved-model": ("framework", "graph", "full")}
+    modes = {
+        "keras": ("framework", "bf16", "int8", "bf16-then-quantize"), "saved-model": ("framework", "graph", "full")
+    }
     if args.mode not in modes[args.path]:
         parser.error(f"{args.path} modes: {', '.join(modes[args.path])}")
     if args.path == "keras":

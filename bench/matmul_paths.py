@@ -77,7 +77,8 @@ def one_pass_table(rows_list):
 
 
 def loop_table(rows_list):
-    lines = ["| dtype | rows | `[in, out]` ms/step | `[out, in]` ms/step | `[in, out]` fixed ms | `[out, in]` fixed ms (transposes) |",
+    lines = ["| dtype | rows | `[in, out]` ms/step | `[out, in]` ms/step | `[in, out]` fixed ms "
+             "| `[out, in]` fixed ms (transposes) |",
              "| --- | ---: | ---: | ---: | ---: | ---: |"]
     for dtype in ("float32", "bfloat16"):
         kernels = weights(dtype)

@@ -171,8 +171,8 @@ def keras_perplexity(folder, ids, labels):
 
 
 def tflite_perplexity(path, ids, labels):
-    from tf_mistral.cli import silenced_stderr
-    from tf_mistral.export.tflite_runner import TFLiteRunner
+    from tf_mistral.silence import silenced_stderr
+    from tf_mistral.tflite_runner import TFLiteRunner
 
     with silenced_stderr():  # LiteRT's start-up lines
         runner = TFLiteRunner(path, num_threads=2)
@@ -197,7 +197,9 @@ def report(log, sizes, held_ids, keras_ppl, results, tokens, command):
     steps = log["steps"]
     stopped = f" (stopped early: {log['planned_steps']} planned)" if steps < log["planned_steps"] else ""
     history = log["history"]
-    curve = ", ".join(f"{min(steps, (i + 1) * LOG_EVERY)}: {np.exp(loss):.1f}" for i, loss in enumerate(history["val_loss"]))
+    curve = ", ".join(
+        f"{min(steps, (i + 1) * LOG_EVERY)}: {np.exp(loss):.1f}" for i, loss in enumerate(history["val_loss"])
+    )
     books = ", ".join(f"{title} {train / 1000:.0f} k / {held / 1000:.0f} k" for title, (train, held) in sizes.items())
     lines = [
         f"Measured {time.strftime('%Y-%m-%d')}. Command (trains once, ~{log['seconds'] / 60:.0f} min here, then "

@@ -101,18 +101,19 @@ def cache_shapes_step(checkpoint, long_batches):
             variants.append(("before", 4096, False))  # every request had the export's longest cache
         states = {}  # cache length -> the state after the prefill
         for name, length_of_cache, dynamic in variants:
-            with kv_cache.core_op_writes():
-                if length_of_cache not in states:
-                    start = tf.function(lambda ids: loop.start(model, ids, tf.ones_like(ids), 1 + 2 * new,
-                                                               length_of_cache, 0))
-                    states[length_of_cache] = start(ids)
-                state = states[length_of_cache]
-                signature = _dynamic(state) if dynamic else None
-                decode = tf.function(lambda state, n: loop.decode(model, state, n, sampling), input_signature=signature)
-                decode(state, tf.constant(2))  # warm-up: trace and the first run
-                started = time.perf_counter()
-                decode(state, tf.constant(1 + new))
-                run[f"{name}_decode_tokens_per_second"] = batch * new / (time.perf_counter() - started)
+            writes = kv_cache.SCATTER_WRITES  # as the default (no-XLA) SavedModel traces it
+            if length_of_cache not in states:
+                start = tf.function(lambda ids: loop.start(model, ids, tf.ones_like(ids), 1 + 2 * new,
+                                                           length_of_cache, 0, cache_writes=writes))
+                states[length_of_cache] = start(ids)
+            state = states[length_of_cache]
+            signature = _dynamic(state) if dynamic else None
+            decode = tf.function(lambda state, n: loop.decode(model, state, n, sampling, writes),
+                                 input_signature=signature)
+            decode(state, tf.constant(2))  # warm-up: trace and the first run
+            started = time.perf_counter()
+            decode(state, tf.constant(1 + new))
+            run[f"{name}_decode_tokens_per_second"] = batch * new / (time.perf_counter() - started)
         runs.append(run)
     return dict(step="cache-shapes", runs=runs, peak_rss_gb=peak_rss_gb())
 
@@ -152,9 +153,11 @@ def table(export, keras, served, shapes_run):
         before = c.get("before_decode_tokens_per_second")
         lines.append(
             f"| {k['batch']} | {k['prompt']} + {k['new']} | {k['decode_tokens_per_second']:.2f} "
-            f"| {s['decode_tokens_per_second']:.2f} | {s['decode_tokens_per_second'] / k['decode_tokens_per_second']:.2f}x "
+            f"| {s['decode_tokens_per_second']:.2f} "
+            f"| {s['decode_tokens_per_second'] / k['decode_tokens_per_second']:.2f}x "
             f"| {'yes' if k['tokens'] == s['tokens'] else 'no'} | {c['static_decode_tokens_per_second']:.2f} / "
-            f"{c['dynamic_decode_tokens_per_second']:.2f} ({c['cache_length']}); {'-' if before is None else f'{before:.2f}'} |")
+            f"{c['dynamic_decode_tokens_per_second']:.2f} ({c['cache_length']}); "
+            f"{'-' if before is None else f'{before:.2f}'} |")
     return "\n".join(lines)
 
 
@@ -164,7 +167,8 @@ def main():
     parser.add_argument("--output", default="/tmp/s3_sm_buckets")
     parser.add_argument("--long-batch", type=int, nargs="*", default=[], help="more batch sizes for the long request")
     parser.add_argument("--child", nargs="+", metavar="STEP",
-                        help="run one step in this process: export, keras CHECKPOINT, saved-model VERSION_DIR, cache-shapes")
+                        help="run one step in this process: export, keras CHECKPOINT, saved-model VERSION_DIR, "
+                             "cache-shapes")
     args = parser.parse_args()
     if args.child:
         step, *rest = args.child

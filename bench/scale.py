@@ -26,7 +26,7 @@ Each export and each run happens in a fresh process, so its peak RSS (`ru_maxrss
 Rows are appended to `results.jsonl` in the workdir with their session (the start time of the
 command that made them) and the table in docs/scale.md is rewritten from them and from
 bench/llama_cpp.py's own results; ratios are against HF bf16 of the same session.
-"""
+"""  # noqa: E501
 
 import argparse
 import dataclasses
@@ -40,12 +40,12 @@ import subprocess
 import sys
 import time
 
+import llama_cpp
 import ml_dtypes
 import numpy as np
 
-import llama_cpp
-import runtimes
 from doc_section import replace_section
+import runtimes
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "scale.md"
@@ -131,7 +131,7 @@ def prompts():
 
 def run_child(path, quantize, threads):
     """Prefill (32 and 512 tokens: time to first token) and 16 decode steps with TFLiteRunner."""
-    from tf_mistral.export.tflite_runner import TFLiteRunner
+    from tf_mistral.tflite_runner import TFLiteRunner
 
     started = time.perf_counter()
     runner = TFLiteRunner(path, num_threads=threads)
@@ -306,7 +306,8 @@ def runs_table(shape, rows):
         lines.append(
             f"| {PATHS[_path(r)]} | {_session(r)} | {versus_hf('decode_tokens_per_second', 2)} "
             f"| {versus_hf('prefill_512_tokens_per_second', 2)} | {r['first_token_512_seconds']:.0f} s "
-            f"| {r['prefill_32_tokens_per_second']:.2f} | {r['peak_rss_gb']:.2f} | {figure('file_bytes', '{:.2f}', 1e9)} "
+            f"| {r['prefill_32_tokens_per_second']:.2f} | {r['peak_rss_gb']:.2f} "
+            f"| {figure('file_bytes', '{:.2f}', 1e9)} "
             f"| {figure('load_seconds', '{:.0f}')} | {figure('first_call_512_extra_seconds', '{:.0f}')} | {same} |")
     return lines
 
@@ -331,7 +332,9 @@ def sessions(rows):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("what", choices=["checkpoint", "export", "run", "export-child", "run-child"])
-    parser.add_argument("variants", nargs="*", default=["int8"], help=f"exports: LiteRT variants; runs: {', '.join(PATHS)}")
+    parser.add_argument(
+        "variants", nargs="*", default=["int8"], help=f"exports: LiteRT variants; runs: {', '.join(PATHS)}"
+    )
     parser.add_argument("--workdir", default="/tmp/tf_mistral_scale")
     parser.add_argument("--layers", type=int, default=0, help="decoder layers (default: 32, the 7B shape)")
     parser.add_argument("--threads", type=int, default=2)
@@ -357,7 +360,8 @@ def main():
         parser.error(f"no path {sorted(set(args.variants) - set(PATHS))}: run one of {', '.join(PATHS)}")
     results = os.path.join(args.workdir, "results.jsonl")
     revision = subprocess.run(["git", "-C", ROOT, "describe", "--always", "--dirty"], capture_output=True, text=True)
-    session = dict(session=time.strftime("%Y-%m-%d %H:%M"), date=time.strftime("%Y-%m-%d"), shape=shape_name(args.layers),
+    session = dict(session=time.strftime("%Y-%m-%d %H:%M"), date=time.strftime("%Y-%m-%d"),
+                   shape=shape_name(args.layers),
                    command=shlex.join(["flock", LOCK, ".venv/bin/python", "bench/scale.py", *sys.argv[1:]]),
                    revision=revision.stdout.strip())
     for name in args.variants:

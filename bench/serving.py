@@ -32,8 +32,8 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from tflite import MODEL, make_checkpoint  # noqa: E402  (the shared 175M benchmark checkpoint)
 
-import runtimes
 from doc_section import replace_section
+import runtimes
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "serving.md"
@@ -42,7 +42,8 @@ COMMAND = "flock /tmp/tf_mistral_bench.lock .venv/bin/python bench/serving.py"
 MAX_LENGTH, NEW_TOKENS, BATCHES = 1024, 64, (1, 8)
 # Extra shapes for the RAM fit: one wider (weight bytes), one deeper (graph size grows with layers).
 RAM_MODELS = {
-    "537M (hidden 2048, 9 layers)": dict(MODEL, hidden_size=2048, intermediate_size=5632, num_hidden_layers=9, head_dim=128),
+    "537M (hidden 2048, 9 layers)": dict(MODEL, hidden_size=2048, intermediate_size=5632, num_hidden_layers=9,
+                                         head_dim=128),
     "deep 152M (hidden 512, 32 layers)": dict(MODEL, hidden_size=512, intermediate_size=1792, num_hidden_layers=32,
                                              num_attention_heads=8, num_key_value_heads=4, head_dim=64),
 }
@@ -115,7 +116,9 @@ def _time_keras_child(checkpoint, queue):
 
         def request(new_tokens):
             started = time.perf_counter()
-            out = model.generate(inputs["input_ids"], attention_mask=inputs["attention_mask"], max_new_tokens=new_tokens)
+            out = model.generate(
+                inputs["input_ids"], attention_mask=inputs["attention_mask"], max_new_tokens=new_tokens
+            )
             return time.perf_counter() - started, out[:, inputs["input_ids"].shape[1]:]
 
         request(1), request(NEW_TOKENS)  # warm-up: compiles both
@@ -147,13 +150,15 @@ def speed_table(workdir, checkpoint):
     keras = _run_in_child(_time_keras_child, checkpoint)
     print("keras", {b: (t["seconds"], t["tokens"]) for b, t in keras.items()}, flush=True)
     lines = [
-        "| path | batch | first token ms | request s (64 new tokens) | tokens/s | x Keras | same greedy tokens as Keras |",
+        "| path | batch | first token ms | request s (64 new tokens) | tokens/s | x Keras "
+        "| same greedy tokens as Keras |",
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for batch in map(str, BATCHES):
         reference = keras[batch]
         rows = [("Keras `generate` (XLA)", reference)] + [
-            (f"SavedModel, {'`--xla`' if name == 'xla' else 'default (no XLA)'}", timings[name][batch]) for name in timings]
+            (f"SavedModel, {'`--xla`' if name == 'xla' else 'default (no XLA)'}", timings[name][batch])
+            for name in timings]
         for label, timing in rows:
             rate = timing["tokens"] / timing["seconds"]
             same = "yes" if timing["token_ids"] == reference["token_ids"] else "no"
@@ -173,7 +178,8 @@ def memory_table(workdir, checkpoint):
             _run_in_child(_make_checkpoint_child, folder, config)
         cases.append((label, folder, None, MAX_LENGTH))
     rows, lines = [], [
-        "| model | bf16 weights GB | layers | peak RSS GB after loading | after tracing | after writing (export peak) |",
+        "| model | bf16 weights GB | layers | peak RSS GB after loading | after tracing "
+        "| after writing (export peak) |",
         "| --- | --- | --- | --- | --- | --- |",
     ]
     for label, folder, tokenizer, max_length in cases:
@@ -182,15 +188,18 @@ def memory_table(workdir, checkpoint):
         with open(os.path.join(folder, "config.json")) as file:
             config = json.load(file)
         weights = _weight_bytes({k: v for k, v in config.items() if k in MODEL}, 2) / 1e9
-        peaks = [rss * 2**30 / 1e9 for _, _, rss in result["stages"][1:4]]  # GB at the start of tracing, writing, publishing
+        # GB at the start of tracing, writing, publishing
+        peaks = [rss * 2**30 / 1e9 for _, _, rss in result["stages"][1:4]]
         rows.append((weights, config["num_hidden_layers"], peaks[-1]))
-        lines.append(f"| {label} | {weights:.3f} | {config['num_hidden_layers']} | " + " | ".join(f"{p:.2f}" for p in peaks) + " |")
+        lines.append(f"| {label} | {weights:.3f} | {config['num_hidden_layers']} | "
+                     + " | ".join(f"{p:.2f}" for p in peaks) + " |")
         print(label, weights, peaks, flush=True)
     design = np.array([[1.0, weights, layers] for weights, layers, _ in rows])
     (base, per_gb, per_layer), *_ = np.linalg.lstsq(design, np.array([peak for *_, peak in rows]), rcond=None)
     seven_b = _weight_bytes(SEVEN_B, 2) / 1e9
     estimate = base + per_gb * seven_b + per_layer * SEVEN_B["num_hidden_layers"]
-    lines += ["", f"Least-squares fit: peak RSS = {base:.2f} GB + {per_gb:.2f} x bf16 weight GB + {per_layer:.3f} GB x layers. "
+    lines += ["", f"Least-squares fit: peak RSS = {base:.2f} GB + {per_gb:.2f} x bf16 weight GB "
+                  f"+ {per_layer:.3f} GB x layers. "
                   f"For Mistral-7B in bfloat16 ({seven_b:.1f} GB of weights, 32 layers): about **{estimate:.0f} GB**."]
     return lines
 
@@ -215,7 +224,8 @@ def main():
 
     speed, exports = speed_table(args.workdir, checkpoint)
     lines = [
-        f"Measured {time.strftime('%Y-%m-%d')} on {platform.machine()}, {os.cpu_count()} cores, one timed run each. Command:",
+        f"Measured {time.strftime('%Y-%m-%d')} on {platform.machine()}, {os.cpu_count()} cores, "
+        "one timed run each. Command:",
         "",
         f"    {COMMAND}",
         "",
@@ -226,7 +236,8 @@ def main():
         "",
         *speed,
         "",
-        "Export (float32) peak RSS: " + ", ".join(f"{name} {e['peak_rss_gb']:.2f} GB" for name, e in exports.items()) + ".",
+        "Export (float32) peak RSS: "
+        + ", ".join(f"{name} {e['peak_rss_gb']:.2f} GB" for name, e in exports.items()) + ".",
     ]
     if not args.skip_memory:
         lines += ["", "### RAM an export needs (bfloat16)", "", *memory_table(args.workdir, checkpoint)]

@@ -98,7 +98,7 @@ def keras_reference(checkpoint, prompt):
 
 def measure_tflite(path, prompt, greedy, reference_logits):
     """Agreement with Keras and LiteRT speed for one exported file."""
-    from tf_mistral.export.tflite_runner import TFLiteRunner
+    from tf_mistral.tflite_runner import TFLiteRunner
 
     runner = TFLiteRunner(path, num_threads=THREADS)
     free = runner.generate(prompt, max_new_tokens=STEPS, eos_token_id=None)[PROMPT:]

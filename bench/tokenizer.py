@@ -75,7 +75,8 @@ def make_corpus(megabytes, seed=0):
             elif kind < 0.87:
                 parts.append(rng.choice(PHRASES))
             elif kind < 0.95:
-                parts.append(f"{rng.randint(0, 10**6):,} {rng.random() * 1000:.3f} {rng.randint(1900, 2100)}-{rng.randint(1, 12):02d}")
+                parts.append(f"{rng.randint(0, 10**6):,} {rng.random() * 1000:.3f} "
+                             f"{rng.randint(1900, 2100)}-{rng.randint(1, 12):02d}")
             else:
                 parts.append("".join(rng.choice(EMOJI) for _ in range(rng.randint(1, 4))))
         doc = rng.choice([" ", "  ", "\n", " \t"]).join(parts)
@@ -170,9 +171,11 @@ def main():
     agreement, with_runs = hf_agreement(sp, hf, docs)
     section = "\n".join([
         START,
-        f"Command: `python bench/tokenizer.py --megabytes {args.megabytes:g} --batch1-docs {args.batch1_docs} --repeats {args.repeats}`",
+        f"Command: `python bench/tokenizer.py --megabytes {args.megabytes:g} --batch1-docs {args.batch1_docs} "
+        f"--repeats {args.repeats}`",
         "",
-        f"Corpus: {len(docs):,} generated documents, {megabytes:.2f} MB. Machine: {platform.processor() or platform.machine()}, "
+        f"Corpus: {len(docs):,} generated documents, {megabytes:.2f} MB. "
+        f"Machine: {platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the end; TF {tf.__version__}, "
         f"sentencepiece {sentencepiece.__version__}, transformers {transformers.__version__}.",
         "",

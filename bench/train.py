@@ -39,7 +39,9 @@ RUNS = {  # name: (framework, variant, description)
     "ours_full_remat": ("ours", "remat", "tf_mistral `fit`, full fine-tuning, `rematerialize(model)`"),
     "ours_lora": ("ours", "lora", f"tf_mistral `fit`, LoRA r={RANK} on q_proj, v_proj"),
     "keras_hub_full": ("keras_hub", "full", "KerasHub `MistralCausalLM.fit`, full fine-tuning"),
-    "keras_hub_lora": ("keras_hub", "lora", f"KerasHub `MistralCausalLM.fit`, `backbone.enable_lora({RANK})` (query, value)"),
+    "keras_hub_lora": (
+        "keras_hub", "lora", f"KerasHub `MistralCausalLM.fit`, `backbone.enable_lora({RANK})` (query, value)"
+    ),
     "hf_full": ("hf", "full", "HF transformers (PyTorch) training loop, full fine-tuning"),
 }
 
@@ -123,7 +125,9 @@ def run_ours(ids, warmup, variant):
     data = tf.data.Dataset.from_tensor_slices({"input_ids": ids}).batch(BATCH, drop_remainder=True)
     timer, callback = keras_timer(warmup)
     history = model.fit(data, epochs=1, callbacks=[callback], verbose=0)
-    return {**timer.result(), "trainable": trainable_count(model.trainable_weights), "loss": history.history["loss"][-1]}
+    return {
+        **timer.result(), "trainable": trainable_count(model.trainable_weights), "loss": history.history["loss"][-1]
+    }
 
 
 def run_keras_hub(ids, warmup, variant):
@@ -151,7 +155,9 @@ def run_keras_hub(ids, warmup, variant):
     data = tf.data.Dataset.from_tensor_slices((x, targets, weights)).batch(BATCH, drop_remainder=True)
     timer, callback = keras_timer(warmup)
     history = model.fit(data, epochs=1, callbacks=[callback], verbose=0)
-    return {**timer.result(), "trainable": trainable_count(model.trainable_weights), "loss": history.history["loss"][-1]}
+    return {
+        **timer.result(), "trainable": trainable_count(model.trainable_weights), "loss": history.history["loss"][-1]
+    }
 
 
 def run_hf(ids, warmup, variant):

@@ -8,8 +8,8 @@ becomes
     flat[S] = RESHAPE(ids);  rows[S, H] = EMBEDDING_LOOKUP(flat, table);  out = RESHAPE(rows)
 """
 
-import numpy as np
 from ai_edge_litert import schema_py_generated as schema
+import numpy as np
 
 
 def builtin_name(model, op):

@@ -95,7 +95,9 @@ def generate_text(bundle_path: str | os.PathLike, prompt: str, max_new_tokens: i
     try:
         import litert_lm
     except ImportError as error:
-        raise ImportError(f"running .litertlm bundles needs litert-lm-api: pip install 'tf_mistral[export]' ({error})") from None
+        raise ImportError(
+            f"running .litertlm bundles needs litert-lm-api: pip install 'tf_mistral[export]' ({error})"
+        ) from None
     litert_lm.set_min_log_severity(litert_lm.LogSeverity.ERROR)
     with tempfile.TemporaryDirectory(prefix="tf_mistral_litertlm_cache_") as cache_dir:
         engine = litert_lm.Engine(

@@ -16,7 +16,8 @@ class Progress:
     def __call__(self, stage):
         self.stages.append((stage, time.perf_counter() - self.started, peak_rss_gb()))
         if self.enabled:
-            print(f"[{self.label}] {stage} ({self.stages[-1][1]:.1f} s, peak RSS {self.stages[-1][2]:.2f} GB)", flush=True)
+            print(f"[{self.label}] {stage} ({self.stages[-1][1]:.1f} s, "
+                  f"peak RSS {self.stages[-1][2]:.2f} GB)", flush=True)
 
 
 def peak_rss_gb():

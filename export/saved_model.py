@@ -19,92 +19,27 @@ on TF Serving only when the server is started with `--xla_cpu_compilation_enable
 Signatures are described in `tf_mistral.export.serving_signatures`.
 """
 
-import contextlib
 import gc
 import json
 import os
-import re
 import shutil
-import tempfile
 
-from tf_mistral import arguments
-from tf_mistral.atomic import pid_alive
+import tensorflow as tf
+from tensorflow.core.protobuf import saved_model_pb2
+
+import tf_mistral
+from tf_mistral.export import serving_signatures
 from tf_mistral.export.progress import Progress, peak_rss_gb
+from tf_mistral.export.saved_model_versions import publish, remove_dead_exports, resolve_version, staging_folder
+from tf_mistral.tokenizer import load_tokenizer
 
 DTYPES = ("float32", "bfloat16", "float16")
 DEFAULT_MAX_LENGTH = 4096
 DEFAULT_MAX_NEW_TOKENS = 256
-_TEMPORARY = re.compile(r"\.(tmp|old)-\d+-(?P<pid>\d+)-\w+")  # an export's staging or retired folder
 _ARCHITECTURES = {
     "MistralForCausalLM": "TFMistralForCausalLM",
     "MistralForSequenceClassification": "TFMistralForSequenceClassification",
 }
-
-
-# ----------------------------------------------------------------------------------------------
-# Versions
-
-
-def existing_versions(base):
-    """Sorted version numbers under `base` (folders named by an integer, as TF Serving reads them)."""
-    if not os.path.isdir(base):
-        return []
-    return sorted(int(name) for name in os.listdir(base) if name.isdigit() and os.path.isdir(os.path.join(base, name)))
-
-
-def resolve_version(base, version, overwrite):
-    """The version to write: `version`, or one above the highest existing (1 when none)."""
-    versions = existing_versions(base)
-    if version is None:
-        return (versions[-1] + 1) if versions else 1
-    if not isinstance(version, int) or isinstance(version, bool) or version < 0:
-        raise ValueError(f"version must be a non-negative integer, got {version!r}")
-    if version in versions and not overwrite:
-        raise FileExistsError(
-            f"{os.path.join(base, str(version))} already exists: pick another --version, leave it out for the "
-            f"next free one ({versions[-1] + 1}), or pass --overwrite to replace it"
-        )
-    return version
-
-
-def staging_folder(base, version):
-    """A new hidden folder `base/.tmp-VERSION-PID-XXXXXXXX` to write the export into (readable by
-    a server running as another user); the pid tells later exports whether it is still in use."""
-    staging = tempfile.mkdtemp(prefix=f".tmp-{version}-{os.getpid()}-", dir=base)
-    os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes it private
-    return staging
-
-
-def remove_dead_exports(base):
-    """Removes the staging (`.tmp-VERSION-PID-*`) and retired (`.old-VERSION-PID-*`) folders under
-    `base` whose process no longer runs: what exports killed midway left. Returns their names."""
-    if not os.path.isdir(base):
-        return []
-    dead = [name for name in sorted(os.listdir(base))
-            if (match := _TEMPORARY.fullmatch(name)) and not pid_alive(int(match["pid"]))]
-    for name in dead:
-        shutil.rmtree(os.path.join(base, name), ignore_errors=True)
-    return dead
-
-
-def publish(staging, base, version):
-    """Renames the finished `staging` folder to `base/version`; an old version is moved aside
-    first and deleted after (the only moment TF Serving may find the version missing)."""
-    target = os.path.join(base, str(version))
-    retired = None
-    if os.path.exists(target):
-        retired = tempfile.mkdtemp(prefix=f".old-{version}-{os.getpid()}-", dir=base)
-        os.rename(target, os.path.join(retired, "model"))
-    os.rename(staging, target)
-    if retired:
-        shutil.rmtree(retired, ignore_errors=True)
-    return target
-
-
-def _umask():
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 # ----------------------------------------------------------------------------------------------
@@ -113,8 +48,6 @@ def _umask():
 
 def saved_model_ops(path):
     """Op types of every node in a SavedModel's graph and its function library (all functions)."""
-    from tensorflow.core.protobuf import saved_model_pb2
-
     proto = saved_model_pb2.SavedModel()
     with open(os.path.join(path, "saved_model.pb"), "rb") as file:
         proto.ParseFromString(file.read())
@@ -141,8 +74,6 @@ def xla_ops(ops):
 def _load_model(checkpoint, dtype):
     """(model, checkpoint folder or None) from a folder (its config's architecture picks the class)
     or a model instance."""
-    import tf_mistral
-
     if isinstance(checkpoint, (tf_mistral.TFMistralForCausalLM, tf_mistral.TFMistralForSequenceClassification)):
         return checkpoint, None
     folder = os.fspath(checkpoint)
@@ -158,23 +89,6 @@ def _load_model(checkpoint, dtype):
         )
     model_class = getattr(tf_mistral, _ARCHITECTURES[architecture])
     return model_class.from_pretrained(folder, dtype=dtype, progress=False), folder
-
-
-def _load_tokenizer(tokenizer, folder, vocab_size):
-    """A MistralTokenizer: given, from a path, from the checkpoint's tokenizer.model, else the
-    embedded Mistral v0.1 tokenizer. Its ids must fit the model's vocabulary."""
-    from tf_mistral.tokenizer import MistralTokenizer
-
-    if not isinstance(tokenizer, MistralTokenizer):
-        if tokenizer is None and folder and os.path.isfile(os.path.join(folder, "tokenizer.model")):
-            tokenizer = folder
-        tokenizer = MistralTokenizer.from_pretrained(tokenizer)
-    if tokenizer.vocab_size > vocab_size:
-        raise ValueError(
-            f"the tokenizer has {tokenizer.vocab_size} pieces but the model's vocab_size is {vocab_size}: "
-            "pass the checkpoint's own tokenizer (tokenizer=PATH, or tokenizer.model in the checkpoint folder)"
-        )
-    return tokenizer
 
 
 def _check_lengths(config, max_length, max_new_tokens):
@@ -241,35 +155,31 @@ def export_saved_model(
     config = model.config
     generation = hasattr(model, "forward_with_cache")
     _check_lengths(config, max_length, max_new_tokens if generation else 1)
-    tokenizer = _load_tokenizer(tokenizer, folder, config.vocab_size)
-
-    import tensorflow as tf
-
-    from tf_mistral import cache as kv_cache
-    from tf_mistral.export import serving_signatures
+    tokenizer = load_tokenizer(tokenizer, checkpoint=folder, vocab_size=config.vocab_size)
 
     if generation:
         module = serving_signatures.GenerationSignatures(model, tokenizer, max_length, max_new_tokens, xla=xla)
-        trace_scope, cache_length = (contextlib.nullcontext if xla else kv_cache.core_op_writes), module.cache_length
+        cache_length = module.cache_length
     else:
         module = serving_signatures.ClassificationSignatures(model, tokenizer, max_length)
-        trace_scope, cache_length = contextlib.nullcontext, None
+        cache_length = None
     slots = f"{cache_length} cache slots" if xla else f"up to {cache_length} cache slots per request"
     report(f"tracing signatures ({'XLA loop' if xla else 'no XLA'}, {slots if generation else 'no cache'})")
     os.makedirs(base, exist_ok=True)
     staging = staging_folder(base, version)
     try:
-        with trace_scope():
-            signatures = module.signatures()
-            names = list(signatures)
-            report(f"writing the SavedModel ({', '.join(names)})")
-            tf.saved_model.save(module, staging, signatures=signatures)
+        signatures = module.signatures()
+        names = list(signatures)
+        report(f"writing the SavedModel ({', '.join(names)})")
+        tf.saved_model.save(module, staging, signatures=signatures)
         del signatures, module
         gc.collect()
         ops = saved_model_ops(staging)
         forbidden = xla_ops(ops)
         if forbidden and not xla:
-            raise RuntimeError(f"the exported graph has XLA ops {forbidden}, which stock TF Serving cannot run without XLA")
+            raise RuntimeError(
+                f"the exported graph has XLA ops {forbidden}, which stock TF Serving cannot run without XLA"
+            )
         report(f"publishing version {version}")
         path = publish(staging, base, version)
     except BaseException:
@@ -280,51 +190,3 @@ def export_saved_model(
         path=path, version=version, signatures=names, ops=sorted(ops), cache_length=cache_length,
         stages=report.stages, peak_rss_gb=peak_rss_gb(),
     )
-
-
-# ----------------------------------------------------------------------------------------------
-# Command line (`tf-mistral export saved-model`)
-
-
-def add_arguments(parser):
-    """Adds the `export saved-model` flags to an argparse parser."""
-    parser.add_argument("--checkpoint", metavar="DIR", required=True, help="Hugging Face checkpoint folder")
-    parser.add_argument("--output", metavar="BASE/NAME", required=True,
-                        help="model folder TF Serving watches (--model_base_path); versions go inside")
-    parser.add_argument("--version", type=arguments.non_negative_int,
-                        help="version number (default: the next free one)")
-    parser.add_argument("--overwrite", action="store_true", help="replace --version if it exists")
-    parser.add_argument("--max-length", type=arguments.positive_int, default=DEFAULT_MAX_LENGTH,
-                        help=f"most tokens per row, prompt + reply (default {DEFAULT_MAX_LENGTH})")
-    parser.add_argument("--max-new-tokens", type=arguments.positive_int,
-                        help="most new tokens per request; serving_default makes up to this many (default "
-                             f"{DEFAULT_MAX_NEW_TOKENS}, or half of a --max-length not above it)")
-    parser.add_argument("--dtype", default="bfloat16", choices=DTYPES)
-    parser.add_argument("--xla", action="store_true",
-                        help="XLA-compile generation (TF Serving then needs --xla_cpu_compilation_enabled=true)")
-    parser.add_argument("--tokenizer", metavar="PATH", help="tokenizer.model (default: the checkpoint's, else Mistral v0.1's)")
-
-
-def default_max_new_tokens(max_length):
-    """`--max-new-tokens` when not given: DEFAULT_MAX_NEW_TOKENS if it fits below `max_length`, else
-    half of `max_length` (the other half for the prompt)."""
-    return DEFAULT_MAX_NEW_TOKENS if DEFAULT_MAX_NEW_TOKENS < max_length else max(max_length // 2, 1)
-
-
-def run(args):
-    """Runs `export saved-model` from parsed arguments; prints where the model went."""
-    max_new_tokens = args.max_new_tokens
-    if max_new_tokens is None:
-        max_new_tokens = default_max_new_tokens(args.max_length)
-        if max_new_tokens != DEFAULT_MAX_NEW_TOKENS:
-            print(f"--max-new-tokens defaults to {max_new_tokens} here, half of --max-length {args.max_length} (the "
-                  f"usual default, {DEFAULT_MAX_NEW_TOKENS}, must be below it); pass --max-new-tokens to choose")
-    result = export_saved_model(
-        args.checkpoint, args.output, version=args.version, max_length=args.max_length,
-        max_new_tokens=max_new_tokens, dtype=args.dtype, xla=args.xla, tokenizer=args.tokenizer,
-        overwrite=args.overwrite,
-    )
-    print(f"signatures: {', '.join(result['signatures'])}")
-    if args.xla:
-        print("XLA export: start tensorflow_model_server with --xla_cpu_compilation_enabled=true")
-    return result

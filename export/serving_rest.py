@@ -45,7 +45,9 @@ def _to_json(value, name):
 
 
 def _tensor(value, spec):
-    return tf.constant(np.asarray(_decode_json_value(value), dtype=object if spec.dtype == tf.string else spec.dtype.as_numpy_dtype))
+    return tf.constant(
+        np.asarray(_decode_json_value(value), dtype=object if spec.dtype == tf.string else spec.dtype.as_numpy_dtype)
+    )
 
 
 def _status_message(message):

@@ -44,6 +44,7 @@ import tensorflow as tf
 from tf_mistral import cache as kv_cache
 from tf_mistral.chat import encode_chat_tensors
 from tf_mistral.generation import buckets, loop
+from tf_mistral.generation.request import default_pad_token_id, left_align
 from tf_mistral.generation.sampling import RUNTIME, SamplingMode
 
 _KNOBS = {
@@ -71,12 +72,6 @@ def keep_last(ids, count):
     kept = tf.ragged.range(tf.maximum(lengths - tf.cast(count, lengths.dtype), 0), lengths)
     flat = tf.gather(ids.flat_values, kept.flat_values + tf.gather(ids.row_starts(), kept.value_rowids()))
     return tf.RaggedTensor.from_row_splits(flat, kept.row_splits, validate=False)
-
-
-def left_align(input_ids, attention_mask):
-    """Moves each row's padding to the left, keeping the order of its tokens (stable sort on the mask)."""
-    order = tf.argsort(attention_mask, axis=1, stable=True)
-    return tf.gather(input_ids, order, batch_dims=1), tf.gather(attention_mask, order, batch_dims=1)
 
 
 class _Signatures(tf.Module):
@@ -117,8 +112,7 @@ class GenerationSignatures(_Signatures):
         self.xla = bool(xla)
         self.cache_length = kv_cache.cache_length(self.max_length, config.sliding_window)
         self.eos_token_ids = tuple(int(e) for e in config.eos_token_ids)
-        eos = self.eos_token_ids
-        self.pad_token_id = int(config.pad_token_id) if config.pad_token_id is not None else (eos[0] if eos else 0)
+        self.pad_token_id = default_pad_token_id(config.pad_token_id, self.eos_token_ids)
         self.vocab_size = int(config.vocab_size)
 
         ids_spec = tf.TensorSpec([None, None], tf.int32)
@@ -155,15 +149,19 @@ class GenerationSignatures(_Signatures):
         cache_length = self.cache_length if self.xla else buckets.cache_length(
             tf.shape(input_ids)[1] + new_tokens - 1, self._model.config.sliding_window, self.max_length
         )
+        writes = kv_cache.SLICE_WRITES if self.xla else kv_cache.SCATTER_WRITES  # stock TF Serving: no XLA op
         return loop.generate_tokens(
             self._model, input_ids, inputs["attention_mask"], self.max_new_tokens, new_tokens, cache_length, sampling,
+            writes,
         )
 
     def _checked_knobs(self, knobs):
         """The knobs with max_new_tokens clamped, after asserting the rules in the module docstring."""
         checks = [
             tf.debugging.assert_greater_equal(knobs["max_new_tokens"], 1, message="max_new_tokens must be >= 1"),
-            tf.debugging.assert_greater_equal(knobs["temperature"], 0.0, message="temperature must be >= 0 (0 = greedy)"),
+            tf.debugging.assert_greater_equal(
+                knobs["temperature"], 0.0, message="temperature must be >= 0 (0 = greedy)"
+            ),
             tf.debugging.assert_greater(knobs["top_p"], 0.0, message="top_p must be in (0, 1]"),
             tf.debugging.assert_less_equal(knobs["top_p"], 1.0, message="top_p must be in (0, 1]"),
             tf.debugging.assert_non_negative(knobs["top_k"], message="top_k must be >= 0 (0 = no filter)"),
@@ -237,7 +235,8 @@ class GenerationSignatures(_Signatures):
         knobs = self._checked_knobs({name: inputs[name] for name in _KNOBS})
         ids = inputs["input_ids"]
         same_shape = tf.debugging.assert_equal(
-            tf.shape(ids), tf.shape(inputs["attention_mask"]), message="input_ids and attention_mask must have the same shape"
+            tf.shape(ids), tf.shape(inputs["attention_mask"]),
+            message="input_ids and attention_mask must have the same shape"
         )
         with tf.control_dependencies([same_shape]):
             mask = tf.cast(tf.not_equal(inputs["attention_mask"], 0), tf.int32)
@@ -265,7 +264,9 @@ class ClassificationSignatures(_Signatures):
         super().__init__(model, tokenizer, max_length, name="mistral_classification")
         config = model.config
         self.label_names = tf.constant([config.id2label[i] for i in range(config.num_labels)])
-        self.functions["classify"] = _function(self._classify, {"texts": tf.TensorSpec([None], tf.string, name="texts")})
+        self.functions["classify"] = _function(
+            self._classify, {"texts": tf.TensorSpec([None], tf.string, name="texts")}
+        )
 
     def signatures(self):
         """`classify`, also as `serving_default`."""
@@ -275,7 +276,9 @@ class ClassificationSignatures(_Signatures):
     def _classify(self, inputs):
         tokenizer = self.tokenizer
         ids = tokenizer.tokenize(valid_utf8(inputs["texts"]), add_special_tokens=False)
-        ids = tokenizer.add_special_tokens(tokenizer.truncate(ids, self.max_length - 1, "right"), add_bos=True, add_eos=False)
+        ids = tokenizer.add_special_tokens(
+            tokenizer.truncate(ids, self.max_length - 1, "right"), add_bos=True, add_eos=False
+        )
         longest = tf.maximum(tf.reduce_max(tf.cast(ids.row_lengths(), tf.int32)), 1)
         input_ids, attention_mask = tokenizer.pad(ids, longest, "right")
         logits = tf.cond(  # an empty batch gets empty outputs (the model cannot reshape 0 rows)

@@ -16,9 +16,9 @@ scales, known only once a tensor is read, are then written into the packed scale
 
 import os
 
-import numpy as np
 from ai_edge_litert import schema_py_generated as schema
 from ai_edge_litert.tools import flatbuffer_utils
+import numpy as np
 from tqdm.auto import tqdm
 
 from tf_mistral.export import flatbuffer_edit as edit

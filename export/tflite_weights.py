@@ -154,9 +154,9 @@ def encode_int8_tensor(array):
 def encode_int4_blocks(array, block_size):
     """`(packed uint8 [rows * columns / 2], float16 scales [rows, columns / block_size])`.
 
-    Symmetric per block of `block_size` values along the input axis: scale = max |w| / 7 (at least 1e-9 / 7), rounded to 7 mantissa bits
-    (bfloat16, then float16); q = round-half-even(w / scale) in [-8, 7]; two values a byte, the
-    first in the low nibble.
+    Symmetric per block of `block_size` values along the input axis: scale = max |w| / 7 (at least 1e-9 / 7),
+    rounded to 7 mantissa bits (bfloat16, then float16); q = round-half-even(w / scale) in [-8, 7]; two values a
+    byte, the first in the low nibble.
     """
     rows, blocks = int4_scales_shape(array.shape, block_size)
     grouped = array.reshape(rows, blocks, block_size)

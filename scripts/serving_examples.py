@@ -12,8 +12,8 @@ import json
 import pathlib
 import tempfile
 
-import tensorflow as tf
 from google.protobuf import text_format
+import tensorflow as tf
 
 from tf_mistral.export import saved_model, serving_rest
 
@@ -64,7 +64,8 @@ def _rest_block(title, model, body, reply):
 
 def _grpc_reply(model_name, signature_name, outputs):
     """A PredictResponse in protobuf text format (what `print(response)` shows)."""
-    lines = [f'model_spec {{\n  name: "{model_name}"\n  version {{\n    value: 1\n  }}\n  signature_name: "{signature_name}"\n}}']
+    lines = [f'model_spec {{\n  name: "{model_name}"\n  version {{\n    value: 1\n  }}\n'
+             f'  signature_name: "{signature_name}"\n}}']
     for name in sorted(outputs):
         proto = text_format.MessageToString(tf.make_tensor_proto(outputs[name].numpy()), as_utf8=True)
         body = "\n".join("    " + line for line in proto.strip().splitlines())
@@ -87,7 +88,7 @@ for name, value, dtype in [("max_new_tokens", 8, tf.int32), ("temperature", 0.0,
 response = stub.Predict(request, timeout=60.0)
 print(response)
 print(tf.make_ndarray(response.outputs["completions"])[0].decode())
-'''
+'''  # noqa: E501
 
 
 def main():
@@ -108,7 +109,8 @@ def main():
             blocks.append(_rest_block(title, model, body, serving_rest.predict(loaded[model], body)))
         signature = loaded["mistral"].signatures["generate_text"]
         outputs = signature(prompts=tf.constant(["Hello world"]), max_new_tokens=tf.constant(8),
-                            temperature=tf.constant(0.0), top_p=tf.constant(1.0), top_k=tf.constant(0), seed=tf.constant(0))
+                            temperature=tf.constant(0.0), top_p=tf.constant(1.0), top_k=tf.constant(0),
+                            seed=tf.constant(0))
         blocks += ["### gRPC (port 8500)", "", "```python", GRPC_CLIENT.strip(), "```", "", "prints:", "", "```",
                    _grpc_reply("mistral", "generate_text", outputs),
                    outputs["completions"].numpy()[0].decode(), "```", ""]

@@ -63,15 +63,17 @@ def test_write_wraps_around_like_a_numpy_ring(chunks):
         np.testing.assert_array_equal(np.where(positions < 0, -1, positions), ring.positions)
 
 
-def test_a_single_token_written_with_core_ops_equals_the_slice_update():
+def test_a_single_token_written_with_scatter_writes_equals_the_slice_update():
     rng = np.random.default_rng(1)
     k_cache, v_cache = chunk(rng, 5)
     k_new, v_new = chunk(rng, 1)
     expected = kv_cache.write(k_cache, v_cache, k_new, v_new, 7)
     specs = [tf.TensorSpec([None, *array.shape[1:]], tf.float32) for array in (k_cache, v_cache, k_new, v_new)]
-    write = tf.function(kv_cache.write, input_signature=[*specs, tf.TensorSpec([], tf.int32)])
-    with kv_cache.core_op_writes():  # traced with any batch size, as the SavedModel is
-        graph = write.get_concrete_function().graph
+    write = tf.function(  # traced with any batch size, as the SavedModel is
+        lambda *args: kv_cache.write(*args, cache_writes=kv_cache.SCATTER_WRITES),
+        input_signature=[*specs, tf.TensorSpec([], tf.int32)],
+    )
+    graph = write.get_concrete_function().graph
     ops = {op.type for op in graph.get_operations()}
     assert "TensorScatterUpdate" in ops and not any(op.startswith("Xla") for op in ops)
     for got, want in zip(write(k_cache, v_cache, k_new, v_new, np.int32(7)), expected):

@@ -101,7 +101,9 @@ def test_attentions_equal_hfs_per_layer_and_head(causal_lm, reference):
     for ours, theirs in zip(out.attentions, ref["attentions"]):
         assert ours.shape == theirs.shape and ours.dtype == "float32"  # [batch, heads, seq, seq]
         queries_first = (0, 2, 1, 3)  # [batch, seq, heads, keys]: compare the real queries
-        assert max_diff(real(ref, np.transpose(ours, queries_first)), real(ref, np.transpose(theirs, queries_first))) < 1e-5
+        assert max_diff(
+            real(ref, np.transpose(ours, queries_first)), real(ref, np.transpose(theirs, queries_first))
+        ) < 1e-5
 
 
 def test_hidden_states_equal_hfs(causal_lm, reference):
@@ -155,7 +157,9 @@ def test_a_rematerialized_model_gives_hfs_loss_hidden_states_and_attentions(refe
         assert max_diff(real(ref, ours), real(ref, theirs)) < 1e-4
     queries_first = (0, 2, 1, 3)
     for ours, theirs in zip(out.attentions, ref["attentions"]):
-        assert max_diff(real(ref, np.transpose(ours, queries_first)), real(ref, np.transpose(theirs, queries_first))) < 1e-5
+        assert max_diff(
+            real(ref, np.transpose(ours, queries_first)), real(ref, np.transpose(theirs, queries_first))
+        ) < 1e-5
 
 
 def test_a_rematerialized_model_continues_from_past_key_values(reference):

@@ -2,11 +2,11 @@
 
 import functools
 
-import pytest
-import tensorflow as tf
 from mistral_common.protocol.instruct.request import ChatCompletionRequest
 from mistral_common.protocol.instruct.validator import ValidationMode
 from mistral_common.tokens.tokenizers.mistral import MistralTokenizer as ReferenceTokenizer
+import pytest
+import tensorflow as tf
 
 from tf_mistral import chat
 from tf_mistral.tokenizer import MistralTokenizer
@@ -151,11 +151,15 @@ def test_v3_format_needs_a_vocabulary_with_inst_control_tokens(tok_v1):
 @pytest.mark.parametrize("messages, kwargs, error, message", [
     ([], {}, ValueError, "the conversation is empty"),
     ([user("a"), {"role": "robot", "content": "b"}], {}, ValueError, "message 1 has role 'robot'"),
-    ([user("a"), {"role": "tool", "content": "b"}], {}, ValueError, "message 1 has role 'tool': tool calls are not supported"),
-    ([user("a"), assistant("b"), system("c"), user("d")], {}, ValueError, "message 2: a system message cannot follow an assistant"),
+    ([user("a"), {"role": "tool", "content": "b"}], {}, ValueError,
+     "message 1 has role 'tool': tool calls are not supported"),
+    ([user("a"), assistant("b"), system("c"), user("d")], {}, ValueError,
+     "message 2: a system message cannot follow an assistant"),
     ([user("a"), assistant(""), user("b")], {}, ValueError, "message 1 is an empty assistant message"),
-    ([assistant("a")], {"add_generation_prompt": False}, ValueError, "message 0: a conversation cannot be a single assistant message"),
-    ([user("a"), assistant("b")], {}, ValueError, "message 1 is an assistant message, so there is no reply to prompt for"),
+    ([assistant("a")], {"add_generation_prompt": False}, ValueError,
+     "message 0: a conversation cannot be a single assistant message"),
+    ([user("a"), assistant("b")], {}, ValueError,
+     "message 1 is an assistant message, so there is no reply to prompt for"),
     ([user("a")], {"continue_final_message": True}, ValueError, "message 0 is a user message: continue_final_message"),
     ([user("a"), {"role": "user", "content": None}], {}, TypeError, r"message 1 \(user\) content is NoneType"),
     ([user("a"), "b"], {}, TypeError, "message 1 is a str"),

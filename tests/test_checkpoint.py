@@ -9,8 +9,8 @@ import keras
 import ml_dtypes
 import numpy as np
 import pytest
-import tensorflow as tf
 from safetensors.numpy import load_file, save_file
+import tensorflow as tf
 
 from conftest import fixture_path
 from tf_mistral import (
@@ -18,8 +18,8 @@ from tf_mistral import (
     TFMistralForSequenceClassification,
     TFMistralForTokenClassification,
     TFMistralModel,
+    checkpoint,
 )
-from tf_mistral import checkpoint
 from tf_mistral.arguments import parse_size
 from tf_mistral.safetensors_io import INDEX_FILE, SINGLE_FILE, CheckpointError
 
@@ -127,7 +127,7 @@ def test_loading_leaves_the_layers_initializers_as_they_were(causal_lm):
 
 
 def test_tensors_larger_than_a_read_block_load_identically(causal_lm, monkeypatch):
-    monkeypatch.setattr(checkpoint, "_BLOCK_BYTES", 1000)  # a few rows per block, many blocks per tensor
+    monkeypatch.setattr(checkpoint.loading, "_BLOCK_BYTES", 1000)  # a few rows per block, many blocks per tensor
     assert_same_weights(load(fixture_path("tiny_window")), causal_lm("tiny_window"))
 
 
@@ -250,7 +250,9 @@ def test_quantized_model_is_refused_by_save_pretrained(tmp_path):
 
 
 @pytest.mark.parametrize("dtype", ["int8", "int32", "bool"])
-def test_save_pretrained_refuses_a_dtype_a_checkpoint_cannot_hold_before_touching_the_folder(causal_lm, tmp_path, dtype):
+def test_save_pretrained_refuses_a_dtype_a_checkpoint_cannot_hold_before_touching_the_folder(
+    causal_lm, tmp_path, dtype
+):
     model = causal_lm("tiny_window")
     model.save_pretrained(tmp_path, progress=False)
     before = {name: (tmp_path / name).read_bytes() for name in os.listdir(tmp_path)}
@@ -355,7 +357,7 @@ def test_a_tensor_holding_nan_or_infinity_is_refused_by_name(tmp_path, name, dty
 
 
 def test_nan_in_any_block_of_a_tensor_read_in_blocks_is_found(tmp_path, monkeypatch):
-    monkeypatch.setattr(checkpoint, "_BLOCK_BYTES", 1000)  # a few rows per block
+    monkeypatch.setattr(checkpoint.loading, "_BLOCK_BYTES", 1000)  # a few rows per block
     tensors = fixture_tensors()
     tensors[K_PROJ][37, 5] = np.nan  # inside a middle block of the 64 rows
     with pytest.raises(CheckpointError, match=rf"tensor '{K_PROJ}' holds NaN"):

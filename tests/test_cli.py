@@ -15,6 +15,9 @@ import pytest
 
 from conftest import fixture_path
 from tf_mistral import arguments, cli
+from tf_mistral.cli import bench as bench_verb
+from tf_mistral.cli import export_saved_model as export_saved_model_verb
+from tf_mistral.cli.shared import human_size
 from tf_mistral.export import saved_model
 from tf_mistral.generation import sampling
 from tf_mistral.tokenizer import DEFAULT_MODEL_FILES
@@ -90,7 +93,8 @@ def test_export_needs_a_sub_verb(capsys):
 
 
 def test_bad_flag_value_is_a_usage_error(capsys):
-    code, _, err = run(capsys, "export", "tflite", "--checkpoint", "x", "--output", "y.tflite", "--prefill-lengths", "32,a")
+    code, _, err = run(capsys, "export", "tflite", "--checkpoint", "x", "--output", "y.tflite",
+                       "--prefill-lengths", "32,a")
     assert code == 2
     assert "expected comma-separated integers like 32,128,512, got '32,a'" in err
 
@@ -132,20 +136,21 @@ def test_the_seed_flag_takes_the_seeds_generate_takes():
 
 
 def test_debug_before_the_verb_is_kept():
-    args = cli.build_parser().parse_args(["--debug", "info", "--preset", "mistral_7b_v0.1"])
+    argv = ["--debug", "info", "--preset", "mistral_7b_v0.1"]
+    args = cli.build_parser(argv).parse_args(argv)
     assert args.debug is True
-    assert cli.build_parser().parse_args(["info", "--preset", "mistral_7b_v0.1"]).debug is False
+    assert cli.build_parser(argv[1:]).parse_args(argv[1:]).debug is False
 
 
 # ---- info ---------------------------------------------------------------------------------------
 
 
 def test_human_size_picks_binary_units():
-    assert cli.human_size(512) == "512 B"
-    assert cli.human_size(8 * 1024) == "8.00 KiB"
-    assert cli.human_size(75 * 2**20) == "75.00 MiB"
-    assert cli.human_size(int(13.49 * 2**30)) == "13.49 GiB"
-    assert cli.human_size(300 * 2**30) == "300.0 GiB"
+    assert human_size(512) == "512 B"
+    assert human_size(8 * 1024) == "8.00 KiB"
+    assert human_size(75 * 2**20) == "75.00 MiB"
+    assert human_size(int(13.49 * 2**30)) == "13.49 GiB"
+    assert human_size(300 * 2**30) == "300.0 GiB"
 
 
 def test_info_on_a_preset_shows_parameters_and_memory(capsys):
@@ -155,7 +160,7 @@ def test_info_on_a_preset_shows_parameters_and_memory(capsys):
     code, out, _ = run(capsys, "info", "--preset", "mistral_7b_v0.1", "--dtype", "bfloat16", "--max-length", "4096")
     assert code == 0
     assert f"{params:,}" in out
-    assert f"weights                 {cli.human_size(params * 2)}" in out
+    assert f"weights                 {human_size(params * 2)}" in out
     # 32 layers x 8 kv heads x 128 x (K and V) x 2 bytes x 4096 slots = 512 MiB
     assert "KV cache, batch 1       512.0 MiB (4096 slots)" in out
 
@@ -283,7 +288,7 @@ def test_convert_refuses_a_bad_shard_size_before_loading(capsys, tmp_path, tiny_
 
 @pytest.mark.parametrize("max_length, expected", [(4096, 256), (257, 256), (256, 128), (128, 64), (1, 1)])
 def test_default_max_new_tokens_is_256_or_half_a_max_length_it_does_not_fit_below(max_length, expected):
-    assert saved_model.default_max_new_tokens(max_length) == expected
+    assert export_saved_model_verb.default_max_new_tokens(max_length) == expected
 
 
 @pytest.fixture
@@ -295,7 +300,7 @@ def exports(monkeypatch):
         calls.append(kwargs)
         return dict(signatures=["serving_default"])
 
-    monkeypatch.setattr(saved_model, "export_saved_model", export)
+    monkeypatch.setattr(export_saved_model_verb, "export_saved_model", export)
     return calls
 
 
@@ -327,17 +332,15 @@ def test_bench_runs_the_script_with_its_arguments(capsys, tmp_path, monkeypatch)
     script = tmp_path / "fake.py"
     record = tmp_path / "argv.txt"
     script.write_text(f"import sys\nopen({str(record)!r}, 'w').write(' '.join(sys.argv[1:]))\nsys.exit(3)\n")
-    monkeypatch.setattr(cli, "bench_script", lambda name: str(script))
-    monkeypatch.setattr(cli, "BENCH_LOCK", str(tmp_path / "lock"))
+    monkeypatch.setattr(bench_verb, "bench_script", lambda name: str(script))
+    monkeypatch.setattr(bench_verb, "BENCH_LOCK", str(tmp_path / "lock"))
     code, _, _ = run(capsys, "bench", "generate", "--workdir", "/tmp/x", "--help")
     assert code == 3  # the script's own exit code
     assert record.read_text() == "--workdir /tmp/x --help"
 
 
 def test_bench_without_the_script_says_where_it_looked(capsys, monkeypatch, tmp_path):
-    import tf_mistral
-
-    monkeypatch.setattr(tf_mistral, "__file__", str(tmp_path / "tf_mistral" / "__init__.py"))
+    monkeypatch.setattr(bench_verb, "CHECKOUT", str(tmp_path))
     code, _, err = run(capsys, "bench", "train")
     assert code == 1
     assert "bench/train.py does not exist" in err and "source checkout" in err
@@ -353,7 +356,8 @@ def test_bench_names_are_checked(capsys):
 
 
 def test_generate_keras_prints_the_models_text(capsys, tiny_checkpoint, keras_text):
-    code, out, err = run(capsys, "generate", PROMPT, "--checkpoint", tiny_checkpoint, "--max-new-tokens", str(NEW_TOKENS))
+    code, out, err = run(capsys, "generate", PROMPT, "--checkpoint", tiny_checkpoint,
+                         "--max-new-tokens", str(NEW_TOKENS))
     assert code == 0
     assert out == keras_text + "\n"
     assert f"{NEW_TOKENS} tokens in" in err and "tokens/s" in err
@@ -403,7 +407,8 @@ def test_export_saved_model_then_generate_with_it(capsys, tmp_path, tiny_checkpo
                          "--max-new-tokens", str(NEW_TOKENS))
     assert code == 0, err
     assert out == keras_text + "\n"
-    code, _, err = run(capsys, "export", "saved-model", "--checkpoint", tiny_checkpoint, "--output", base, "--version", "1")
+    code, _, err = run(capsys, "export", "saved-model", "--checkpoint", tiny_checkpoint, "--output", base,
+                       "--version", "1")
     assert code == 1
     assert "already exists" in err
 

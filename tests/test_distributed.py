@@ -69,7 +69,9 @@ def run_both(lora):
 @pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
 def test_mirrored_strategy_on_two_devices_matches_one_device(lora):
     runs = run_both(lora)
-    (single, single_weights, one, single_steps), (mirrored, mirrored_weights, two, mirrored_steps) = runs["single"], runs["mirrored"]
+    (single, single_weights, one, single_steps), (mirrored, mirrored_weights, two, mirrored_steps) = (
+        runs["single"], runs["mirrored"]
+    )
     assert (one, two) == (1, 2)
     assert single_steps == mirrored_steps == 3 * 2  # the batch without labels is no step
     np.testing.assert_allclose(mirrored["loss"], single["loss"], rtol=1e-5)

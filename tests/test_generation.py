@@ -262,7 +262,7 @@ def test_chunked_prefill_of_a_long_prompt_equals_the_full_forward(model, pad):
     mask = np.ones_like(ids)
     mask[1, :pad] = 0
     cache = kv_cache.empty_cache(model.config, 2, window, "float32")
-    logits, cache, _, _ = loop.prefill(model, tf.constant(ids), loop.pad_starts(mask), cache)
+    logits, cache, _, _ = loop.prefill(model, tf.constant(ids), loop.pad_starts(mask), cache, kv_cache.SLICE_WRITES)
     positions = np.maximum(np.cumsum(mask, axis=1) - 1, 0)
     expected = model(ids, attention_mask=mask, position_ids=positions).logits.numpy()[:, -1]
     np.testing.assert_allclose(logits.numpy(), expected, atol=1e-4)

@@ -11,12 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import fixture_path
-from tf_mistral import (
-    MistralConfig,
-    TFMistralForCausalLM,
-    TFMistralForSequenceClassification,
-    TFMistralModel,
-)
+from tf_mistral import MistralConfig, TFMistralForCausalLM, TFMistralForSequenceClassification, TFMistralModel
 from tf_mistral.safetensors_io import CheckpointError
 
 SMALL = dict(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=4,
@@ -150,7 +145,9 @@ def test_num_labels_wins_over_config_json_with_ignore_mismatched_sizes():
 
 
 def test_num_labels_mismatch_without_ignore_names_the_tensor_and_the_fix():
-    with pytest.raises(CheckpointError, match=r"score\.weight.*3 labels but num_labels is 5.*ignore_mismatched_sizes=True"):
+    with pytest.raises(
+        CheckpointError, match=r"score\.weight.*3 labels but num_labels is 5.*ignore_mismatched_sizes=True"
+    ):
         load(TFMistralForSequenceClassification, "tiny_seqcls", num_labels=5)
 
 

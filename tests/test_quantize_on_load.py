@@ -5,8 +5,7 @@ import numpy as np
 import pytest
 
 from conftest import fixture_path
-from tf_mistral import MistralConfig, TFMistralForCausalLM, TFMistralForSequenceClassification
-from tf_mistral import checkpoint
+from tf_mistral import MistralConfig, TFMistralForCausalLM, TFMistralForSequenceClassification, checkpoint
 
 pytestmark = pytest.mark.filterwarnings("ignore:Layer .* does not have a `quantize` method")
 
@@ -57,7 +56,9 @@ def test_int8_on_load_gives_each_layer_the_config_and_policy_quantize_gives():
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_int8_on_load_logits_equal_quantize_after_loading(dtype):
     model, reference = loaded(dtype=dtype, quantize="int8"), quantized_after_loading(dtype=dtype)
-    np.testing.assert_array_equal(np.asarray(model(IDS).logits, np.float32), np.asarray(reference(IDS).logits, np.float32))
+    np.testing.assert_array_equal(
+        np.asarray(model(IDS).logits, np.float32), np.asarray(reference(IDS).logits, np.float32)
+    )
 
 
 def test_int8_on_load_tracks_hf_float_logits(reference):
@@ -70,13 +71,15 @@ def test_int8_on_load_tracks_hf_float_logits(reference):
 
 
 def test_tensors_quantized_block_by_block_equal_whole_tensors_quantized(monkeypatch):
-    monkeypatch.setattr(checkpoint, "_BLOCK_BYTES", 1000)  # a few rows per block, the last one overlapping
+    monkeypatch.setattr(checkpoint.loading, "_BLOCK_BYTES", 1000)  # a few rows per block, the last one overlapping
     assert_same_variables(loaded(quantize="int8"), quantized_after_loading())
 
 
 def test_a_classifier_quantizes_its_head_on_load_as_quantize_does():
     model_class = TFMistralForSequenceClassification
-    assert_same_variables(loaded("tiny_seqcls", model_class, quantize="int8"), quantized_after_loading("tiny_seqcls", model_class))
+    assert_same_variables(
+        loaded("tiny_seqcls", model_class, quantize="int8"), quantized_after_loading("tiny_seqcls", model_class)
+    )
 
 
 def test_a_head_missing_from_the_checkpoint_is_a_quantized_random_draw():

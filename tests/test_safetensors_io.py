@@ -68,7 +68,9 @@ def entries(value):
 
 def save(directory, value, shards):
     """The save `save_in_child` makes, in this process and whole."""
-    safetensors_io.write_checkpoint(directory, entries(value), max_shard_size=4 * TENSOR_BYTES // shards, progress=False)
+    safetensors_io.write_checkpoint(
+        directory, entries(value), max_shard_size=4 * TENSOR_BYTES // shards, progress=False
+    )
 
 
 def loaded_values(directory):

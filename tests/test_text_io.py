@@ -26,9 +26,14 @@ def test_generate_on_strings_returns_each_prompt_and_its_continuation(text_model
     prompts = ["Once upon a time", "Hi"]
     texts = text_model.generate(prompts, max_new_tokens=5, eos_token_id=[])
     batch = tokenizer(prompts, padding=True, padding_side="left", return_tensors="np")
-    ids = text_model.generate(batch["input_ids"], attention_mask=batch["attention_mask"], max_new_tokens=5, eos_token_id=[])
+    ids = text_model.generate(
+        batch["input_ids"], attention_mask=batch["attention_mask"], max_new_tokens=5, eos_token_id=[]
+    )
     assert texts == tokenizer.batch_decode(ids, skip_special_tokens=True)
-    assert texts[0].startswith("Once upon a time") and text_model.generate("Hi", max_new_tokens=5, eos_token_id=[]) == texts[1]
+    assert (
+        texts[0].startswith("Once upon a time")
+        and text_model.generate("Hi", max_new_tokens=5, eos_token_id=[]) == texts[1]
+    )
 
 
 def test_predict_on_strings_equals_predict_on_the_preprocessed_ids(text_model):
@@ -65,4 +70,6 @@ def test_score_calls_the_layer_hook_on_the_embeddings_and_each_layer_and_uses_wh
     np.testing.assert_allclose(model.score(ids, layer_intercept_fn=record), model.score(ids), atol=1e-6)
     assert seen == [-1, 0, 1]
     zeroed = model.score(ids, layer_intercept_fn=lambda x, i: x * 0 if i == 1 else x)
-    np.testing.assert_allclose(zeroed, model.score(np.zeros_like(ids), layer_intercept_fn=lambda x, i: x * 0), atol=1e-6)
+    np.testing.assert_allclose(
+        zeroed, model.score(np.zeros_like(ids), layer_intercept_fn=lambda x, i: x * 0), atol=1e-6
+    )

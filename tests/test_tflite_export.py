@@ -17,7 +17,7 @@ from ai_edge_litert.interpreter import Interpreter  # noqa: E402
 from ai_edge_litert.tools import flatbuffer_utils  # noqa: E402
 
 from tf_mistral.export import tflite  # noqa: E402
-from tf_mistral.export.tflite_runner import TFLiteRunner, plan_prefill  # noqa: E402
+from tf_mistral.tflite_runner import TFLiteRunner, plan_prefill  # noqa: E402
 
 PREFILL = (4, 8)
 
@@ -121,7 +121,8 @@ def test_operator_check_rejects_custom_ops():
     from tf_mistral.export.tflite import check_builtin_ops
 
     converter = tf.lite.TFLiteConverter.from_concrete_functions(
-        [tf.function(lambda x: tf.math.cumprod(x, axis=1), input_signature=[tf.TensorSpec([2, 2])]).get_concrete_function()]
+        [tf.function(lambda x: tf.math.cumprod(x, axis=1),
+                     input_signature=[tf.TensorSpec([2, 2])]).get_concrete_function()]
     )
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS, tf.lite.OpsSet.SELECT_TF_OPS]
     with pytest.raises(ValueError, match="non-builtin ops.*Flex"):
@@ -311,7 +312,9 @@ def test_unknown_quantize_option_is_rejected(tmp_path):
 
 
 def test_prefill_longer_than_the_cache_is_rejected(tmp_path):
-    with pytest.raises(ValueError, match=r"prefill lengths \[32\] do not fit the cache of 16 slots \(sliding window 16\)"):
+    with pytest.raises(
+        ValueError, match=r"prefill lengths \[32\] do not fit the cache of 16 slots \(sliding window 16\)"
+    ):
         tflite.export_tflite(fixture_path("tiny_window"), tmp_path / "m.tflite", prefill_lengths=[4, 32])
 
 

@@ -188,8 +188,12 @@ def test_too_long_text_without_truncation_is_an_error(tok_v1):
 
 
 def test_padding_to_max_length_and_multiple_of(tok_v1):
-    assert np.shape(tok_v1(["a", "b c"], padding="max_length", max_length=7, return_tensors="np")["input_ids"]) == (2, 7)
-    assert np.shape(tok_v1(["a", "b c d e f"], padding=True, pad_to_multiple_of=8, return_tensors="np")["input_ids"]) == (2, 8)
+    assert np.shape(
+        tok_v1(["a", "b c"], padding="max_length", max_length=7, return_tensors="np")["input_ids"]
+    ) == (2, 7)
+    assert np.shape(
+        tok_v1(["a", "b c d e f"], padding=True, pad_to_multiple_of=8, return_tensors="np")["input_ids"]
+    ) == (2, 8)
 
 
 def test_return_tensors_gives_int32_tf_and_numpy(tok_v1):

@@ -261,7 +261,8 @@ def test_a_batch_without_labels_changes_nothing_that_fit_trains_or_reports():
 
     def train(x):
         model = fresh()
-        model.compile(optimizer=keras.optimizers.AdamW(1e-2))  # weight decay and momentum move weights on a zero gradient
+        # weight decay and momentum move weights on a zero gradient
+        model.compile(optimizer=keras.optimizers.AdamW(1e-2))
         history = model.fit(x, batch_size=2, shuffle=False, verbose=0).history
         return model, history
 
@@ -445,4 +446,6 @@ def test_loss_equals_transformers_loss(labelled):
         expected = float(theirs(torch.from_numpy(ids).long(), labels=torch.from_numpy(labels).long()).loss)
     model = fresh()
     model.compile()
-    assert model.evaluate({"input_ids": ids, "labels": labels}, verbose=0, return_dict=True)["loss"] == pytest.approx(expected, abs=1e-4)
+    assert model.evaluate(
+        {"input_ids": ids, "labels": labels}, verbose=0, return_dict=True
+    )["loss"] == pytest.approx(expected, abs=1e-4)

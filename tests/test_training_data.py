@@ -4,12 +4,12 @@
 import functools
 import json
 
-import numpy as np
-import pytest
 from mistral_common.protocol.instruct.messages import AssistantMessage
 from mistral_common.protocol.instruct.request import ChatCompletionRequest
 from mistral_common.protocol.instruct.validator import ValidationMode
 from mistral_common.tokens.tokenizers.mistral import MistralTokenizer as ReferenceTokenizer
+import numpy as np
+import pytest
 
 from tf_mistral.tokenizer import MistralTokenizer
 from tf_mistral.training import data
@@ -130,7 +130,8 @@ def test_chat_trains_on_exactly_mistral_commons_assistant_tokens(chat_tok):
     ids, labels = one_chat(chat_tok, messages)
     assert ids.tolist() == encode_reference(chat_tok.chat_format, messages, ValidationMode.finetuning)
     assistant = reference(chat_tok.chat_format, ValidationMode.test).instruct_tokenizer
-    expected = sum((assistant.encode_assistant_message(AssistantMessage(content=m["content"]), is_before_last_user_message=False)
+    expected = sum((assistant.encode_assistant_message(AssistantMessage(content=m["content"]),
+                                                       is_before_last_user_message=False)
                     for m in messages if m["role"] == "assistant"), [])
     assert labels[labels != -100].tolist() == expected
 

@@ -10,6 +10,7 @@ Public API (imported on first use, so `import tf_mistral` stays light):
     MistralTokenizer                      SentencePiece in-graph; chat formats
     MistralPreprocessor                   Keras layer: strings -> input_ids, attention_mask, labels
     TextStreamer                          prints tokens as `generate` makes them
+    TFLiteRunner                          runs an exported .tflite (LiteRT), as `generate` does
 """
 
 import importlib
@@ -31,6 +32,7 @@ _PUBLIC = {
     "MistralPreprocessor": "tf_mistral.tokenizer",
     "TextStreamer": "tf_mistral.generation.generate",
     "GenerationConfig": "tf_mistral.generation.config",
+    "TFLiteRunner": "tf_mistral.tflite_runner",
 }
 __all__ = sorted(_PUBLIC)
 

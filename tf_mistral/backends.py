@@ -16,8 +16,12 @@ import os
 import time
 
 import numpy as np
+import tensorflow as tf
+import tensorflow_text  # noqa: F401  (registers the tokenizer's ops a SavedModel holds)
 
+from tf_mistral.export.saved_model_versions import existing_versions
 from tf_mistral.generation.config import GenerationConfig
+from tf_mistral.generation.generate import TextStreamer
 
 SAMPLING_DEFAULTS = dict(max_new_tokens=64, do_sample=False, temperature=1.0, top_k=0, top_p=1.0, seed=0)
 # The Keras model honours every `GenerationConfig` setting but those that change what a call
@@ -58,7 +62,10 @@ class Result:
         if self.first_token_seconds is None:
             return f"{head} ({self.tokens_per_second:.1f} tokens/s, prefill included)"
         second = "" if self.second_token_seconds is None else f", second after {self.second_token_seconds:.1f} s"
-        return f"{head} (first after {self.first_token_seconds:.1f} s{second}, then {self.tokens_per_second:.1f} tokens/s)"
+        return (
+            f"{head} (first after {self.first_token_seconds:.1f} s{second}, "
+            f"then {self.tokens_per_second:.1f} tokens/s)"
+        )
 
 
 class _Clock:
@@ -85,16 +92,21 @@ def _sampling(overrides, runtime, supported=frozenset(SAMPLING_DEFAULTS)):
     `GenerationConfig` setting, a ValueError for a setting `runtime` cannot honour."""
     unknown = set(overrides) - set(GenerationConfig.field_names())
     if unknown:
-        raise TypeError(f"unknown sampling arguments {sorted(unknown)}; known: {sorted(GenerationConfig.field_names())}")
+        raise TypeError(
+            f"unknown sampling arguments {sorted(unknown)}; known: {sorted(GenerationConfig.field_names())}"
+        )
     GenerationConfig().merged(**overrides).refuse_unsupported(runtime, supported)
     return {**SAMPLING_DEFAULTS, **overrides}
 
 
 def keras_generate(model, prompt_ids, on_token=None, **sampling):
-    """`model.generate` (XLA) on one prompt, streaming; sampling as `generate`'s arguments."""
+    """`model.generate` (XLA or a TF graph, as `generate` picks for the dtype) on one prompt,
+    streaming; sampling as `generate`'s arguments."""
     sampling = _sampling(sampling, "keras_generate", KERAS_SETTINGS)
     clock = _Clock(on_token)
-    output = model.generate(np.asarray([prompt_ids], np.int32), streamer=lambda ids: clock(np.asarray(ids)[0]), **sampling)
+    output = model.generate(
+        np.asarray([prompt_ids], np.int32), streamer=lambda ids: clock(np.asarray(ids)[0]), **sampling
+    )
     return clock.result(_until_end(output[0, len(prompt_ids):], model.config.eos_token_ids))
 
 
@@ -121,7 +133,7 @@ def find_saved_model(path):
     path = os.fspath(path)
     if os.path.isfile(os.path.join(path, "saved_model.pb")):
         return path
-    versions = sorted(int(name) for name in os.listdir(path) if name.isdigit()) if os.path.isdir(path) else []
+    versions = existing_versions(path)
     if not versions:
         raise FileNotFoundError(
             f"no SavedModel at {path}: pass a version folder holding saved_model.pb, or the model folder "
@@ -132,9 +144,6 @@ def find_saved_model(path):
 
 def load_saved_model(path):
     """`tf.saved_model.load` of `find_saved_model(path)`; checks it has the generation signatures."""
-    import tensorflow as tf
-    import tensorflow_text  # noqa: F401  (registers the tokenizer's ops)
-
     folder = find_saved_model(path)
     loaded = tf.saved_model.load(folder)
     if "generate" not in loaded.signatures:
@@ -152,8 +161,6 @@ def saved_model_generate(loaded, prompt_ids, on_token=None, **sampling):
     Sampling maps onto the signature's knobs: greedy is `temperature 0`. The export's
     `max_new_tokens` caps the request (the signature clamps it).
     """
-    import tensorflow as tf
-
     sampling = _sampling(sampling, "the SavedModel's generate signature")
     started = time.perf_counter()
     outputs = loaded.signatures["generate"](
@@ -177,8 +184,6 @@ def saved_model_generate(loaded, prompt_ids, on_token=None, **sampling):
 def print_generation(run, runtime, tokenizer, prompt_ids, file=None, **sampling):
     """Runs `run` (`keras_generate`, `saved_model_generate` or `tflite_generate`) on `runtime`,
     printing the new text as it comes, then a newline; returns its `Result`."""
-    from tf_mistral.generation.generate import TextStreamer
-
     printer = TextStreamer(tokenizer, prompt_ids=prompt_ids, file=file)
     result = run(runtime, prompt_ids, on_token=printer.put, **sampling)
     printer.end()

@@ -10,28 +10,16 @@ it (`slot_positions`), and a negative position marks a slot never written. Posit
 columns of the (left-padded) batch; padding is masked by each row's `pad_start`.
 """
 
-import contextlib
-
 from keras import ops
 
-_core_op_writes = False  # set by `core_op_writes()`, read while tracing `write`
-
-
-@contextlib.contextmanager
-def core_op_writes():
-    """Within this block, `write` traces a 1-token chunk as a scatter (`TensorScatterUpdate`).
-
-    On the TensorFlow backend `slice_update` is the XLA op `XlaDynamicUpdateSlice`, which outside
-    XLA runs only by compiling that op with XLA on the spot. The SavedModel exporter and
-    `generate(jit_compile=False)` trace under this block so that their graphs need core
-    TensorFlow kernels alone (stock TF Serving, no XLA).
-    """
-    global _core_op_writes
-    saved, _core_op_writes = _core_op_writes, True
-    try:
-        yield
-    finally:
-        _core_op_writes = saved
+# How `write` stores a 1-token chunk, chosen by whoever traces the graph (`cache_writes=`):
+# SLICE_WRITES: `slice_update`, TFLite's DYNAMIC_UPDATE_SLICE (in place) and XLA's fast path.
+# SCATTER_WRITES: a scatter (`TensorScatterUpdate`), for graphs run without XLA (the default
+#   SavedModel, `generate(jit_compile=False)`): on the TensorFlow backend `slice_update` is the
+#   XLA op `XlaDynamicUpdateSlice`, which outside XLA runs only by compiling that op on the spot,
+#   and which stock TF Serving cannot run.
+SLICE_WRITES, SCATTER_WRITES = "slice", "scatter"
+CACHE_WRITES = (SLICE_WRITES, SCATTER_WRITES)
 
 
 def cache_length(max_length, sliding_window):
@@ -86,7 +74,7 @@ def key_positions(query_positions, length):
     return ops.concatenate([slot_positions(start, length), query_positions], axis=0)
 
 
-def write(k_cache, v_cache, k_new, v_new, start):
+def write(k_cache, v_cache, k_new, v_new, start, cache_writes=SLICE_WRITES):
     """Writes a chunk of keys/values for positions `start .. start + seq - 1`.
 
     Args:
@@ -95,11 +83,12 @@ def write(k_cache, v_cache, k_new, v_new, start):
         k_new: `[batch, kv_heads, seq, head_dim]`, same dtype.
         v_new: `[batch, kv_heads, head_dim, seq]`.
         start: int32 scalar, position of the chunk's first entry.
+        cache_writes: `SLICE_WRITES` or `SCATTER_WRITES`, how a 1-token chunk is written.
 
     Returns:
         The updated `(k_cache, v_cache)`. Only the chunk's last `length` entries are kept.
-        A single step is one `slice_update` (TFLite DYNAMIC_UPDATE_SLICE), or under
-        `core_op_writes` one scatter; a longer chunk may wrap around the ring, so it is a gather
+        A single step is one `slice_update` (TFLite DYNAMIC_UPDATE_SLICE), or with
+        `SCATTER_WRITES` one scatter; a longer chunk may wrap around the ring, so it is a gather
         of the chunk and a select per slot.
     """
     length = ops.shape(k_cache)[2]  # an int, or a scalar tensor for a cache of dynamic length
@@ -107,7 +96,9 @@ def write(k_cache, v_cache, k_new, v_new, start):
     start = ops.cast(start, "int32")
     if seq == 1:
         slot = ops.mod(start, length)
-        if _core_op_writes:
+        if cache_writes not in CACHE_WRITES:
+            raise ValueError(f"cache_writes must be one of {CACHE_WRITES}, got {cache_writes!r}")
+        if cache_writes == SCATTER_WRITES:
             return _scatter_into_slot(k_cache, k_new, slot, 2), _scatter_into_slot(v_cache, v_new, slot, 3)
         zero = ops.zeros((), dtype="int32")
         k_cache = ops.slice_update(k_cache, [zero, zero, slot, zero], k_new)

@@ -20,6 +20,18 @@ import sys
 import time
 import warnings
 
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tf_mistral import MistralConfig, TFMistralForCausalLM, backends
+from tf_mistral.export.saved_model import export_saved_model
+from tf_mistral.export.tflite import export_tflite
+from tf_mistral.generation.generate import decodes_under_xla
+from tf_mistral.silence import silenced_stderr
+from tf_mistral.tflite_runner import TFLiteRunner
+from tf_mistral.tokenizer import load_tokenizer
+
 DEFAULT_OUTPUT = os.path.join("runs", "demo")
 DEFAULT_STEPS = 120
 DEFAULT_NEW_TOKENS = 64
@@ -74,8 +86,6 @@ def default_prompt(text):
 
 def training_rows(ids, length=WINDOW_LENGTH, stride=WINDOW_STRIDE):
     """int32 `[rows, length]`: windows of the token stream `ids` (the last one ends at its end)."""
-    import numpy as np
-
     ids = np.asarray(ids, np.int32)
     length = min(length, len(ids))
     starts = list(range(0, len(ids) - length + 1, stride))
@@ -85,8 +95,6 @@ def training_rows(ids, length=WINDOW_LENGTH, stride=WINDOW_STRIDE):
 
 
 def build_small_model():
-    from tf_mistral import MistralConfig, TFMistralForCausalLM
-
     model = TFMistralForCausalLM(MistralConfig(**SMALL_MODEL), dtype="float32")
     model.build()
     return model
@@ -94,9 +102,6 @@ def build_small_model():
 
 def fine_tune(model, ids, steps, learning_rate, lora):
     """Keras `fit` for `steps` batches of windows of `ids` (the whole model, or LoRA adapters)."""
-    import keras
-    import tensorflow as tf
-
     rows = training_rows(ids)
     dataset = (
         tf.data.Dataset.from_tensor_slices({"input_ids": rows})
@@ -130,9 +135,6 @@ def matching_prefix(generated, reference):
 def run_backend(name, run, runtime, tokenizer, ids, sampling, quiet=False):
     """Runs one backend, printing its text as it streams; returns its `backends.Result`.
     `quiet`: silence C++ lines on stderr meanwhile (LiteRT's "Created XNNPACK delegate")."""
-    from tf_mistral import backends
-    from tf_mistral.cli import silenced_stderr
-
     print(f"    {name}: ", end="", flush=True)
     print(tokenizer.decode(ids, skip_special_tokens=True), end="", flush=True)
     with silenced_stderr() if quiet else contextlib.nullcontext():
@@ -144,9 +146,6 @@ def run_backend(name, run, runtime, tokenizer, ids, sampling, quiet=False):
 def export_both(folder, output, config, dtype, max_new_tokens, quantize):
     """The SavedModel (`output/serving/mistral/1`) and the TFLite file (`output/mistral_Q.tflite`)
     of the checkpoint `folder`; returns the two exporters' results."""
-    from tf_mistral.export.saved_model import export_saved_model
-    from tf_mistral.export.tflite import export_tflite
-
     serving = export_saved_model(
         folder, os.path.join(output, "serving", "mistral"), version=1, overwrite=True,
         max_length=min(SAVED_MODEL_MAX_LENGTH, config.max_position_embeddings), max_new_tokens=max_new_tokens,
@@ -207,16 +206,9 @@ def run_demo(
         dtype: Keras dtype policy for `checkpoint` (default its own); the small model is float32.
         seed: Keras' global seed (weights, data order).
     """
-    import keras
-
     # Seed before any tokenizer exists: tf.random.set_seed clears TF's eager kernel cache, which
     # holds tensorflow-text's SentencePiece resource.
     keras.utils.set_random_seed(seed)
-    from tf_mistral import TFMistralForCausalLM, backends
-    from tf_mistral.cli import load_tokenizer, silenced_stderr
-    from tf_mistral.export.tflite_runner import TFLiteRunner
-    from tf_mistral.generation.generate import decodes_under_xla
-
     steps = (0 if checkpoint else DEFAULT_STEPS) if steps is None else steps
     learning_rate = learning_rate or (1e-3 if checkpoint else 3e-3)
     os.makedirs(output, exist_ok=True)
@@ -229,9 +221,11 @@ def run_demo(
         report("building a small Mistral with the real Mistral v0.1 tokenizer")
         model = build_small_model()
     config = model.config
-    tokenizer = load_tokenizer(checkpoint, config.vocab_size)  # its tokenizer.model, else Mistral v0.1's
+    with silenced_stderr():  # sentencepiece's "precompiled_charsmap is empty" line
+        tokenizer = load_tokenizer(checkpoint=checkpoint, vocab_size=config.vocab_size)  # its own, else v0.1's
     print(f"    {config.num_parameters() / 1e6:,.1f}M parameters: hidden {config.hidden_size}, "
-          f"{config.num_hidden_layers} layers, {config.num_attention_heads} heads / {config.num_key_value_heads} KV heads, "
+          f"{config.num_hidden_layers} layers, {config.num_attention_heads} heads / "
+          f"{config.num_key_value_heads} KV heads, "
           f"sliding window {config.sliding_window}, vocab {config.vocab_size}; {model.dtype_policy.name}", flush=True)
 
     text = open(text_file, encoding="utf-8").read() if text_file else bundled_text()
@@ -280,7 +274,9 @@ def run_demo(
     saved_result = run_backend("SavedModel", backends.saved_model_generate, loaded, tokenizer, ids, sampling)
     with silenced_stderr():  # LiteRT's accelerator registration lines
         runner = TFLiteRunner(tflite_path, num_threads=2, tokenizer=tokenizer)
-    tflite_result = run_backend(f"TFLite {quantize}", backends.tflite_generate, runner, tokenizer, ids, sampling, quiet=True)
+    tflite_result = run_backend(
+        f"TFLite {quantize}", backends.tflite_generate, runner, tokenizer, ids, sampling, quiet=True
+    )
     report.done()
 
     results = {f"Keras ({keras_loop})": keras_result, "SavedModel": saved_result, f"TFLite {quantize}": tflite_result}

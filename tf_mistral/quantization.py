@@ -16,6 +16,8 @@ import keras
 from keras import ops
 from keras.quantizers import AbsMaxQuantizer, Int8QuantizationConfig, QuantizationConfig
 
+from tf_mistral.keras_internals import all_layers, embeddings_variable, kernel_variable
+
 QUANTIZE_MODES = ("int8",)
 # Keras' default weight quantizer per layer type: the axis reduced to one scale (`Dense.quantize`,
 # `Embedding.quantize`), in the variable's own orientation.
@@ -44,7 +46,7 @@ def quantize_when_built(model, mode):
     that Keras' `quantize(mode)` would set, so that `build()` creates their int8 variables (zeros,
     scales of one) and never a float kernel."""
     config = Int8QuantizationConfig()  # what Model.quantize("int8") resolves the mode to
-    for layer in model._flatten_layers():
+    for layer in all_layers(model):
         if type(layer) in _WEIGHT_AXES:  # exactly the classes whose quantize() Keras calls
             layer.quantization_config = config
             layer.dtype_policy = f"{mode}_from_{layer.dtype_policy.name}"
@@ -60,7 +62,7 @@ class Int8Target:
     """
 
     def __init__(self, layer):
-        self.values = layer._kernel if isinstance(layer, keras.layers.Dense) else layer._embeddings
+        self.values = kernel_variable(layer) if isinstance(layer, keras.layers.Dense) else embeddings_variable(layer)
         self.scale = layer.kernel_scale if isinstance(layer, keras.layers.Dense) else layer.embeddings_scale
         self.float_dtype = layer.variable_dtype
         self._quantizer = QuantizationConfig.weight_quantizer_or_default(

@@ -27,7 +27,9 @@ INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
 SAVE_ID = "tf_mistral_save_id"  # metadata key: the save a file belongs to
 _WEIGHTS_FILE = re.compile(r"model(-\d{5}-of-\d{5})?\.safetensors(\.index\.json)?")
-_LEFTOVER = re.compile(r"(?P<name>config\.json|model(-\d{5}-of-\d{5})?\.safetensors(\.index\.json)?)\.(tmp|link)-(?P<pid>\d+)")
+_LEFTOVER = re.compile(
+    r"(?P<name>config\.json|model(-\d{5}-of-\d{5})?\.safetensors(\.index\.json)?)\.(tmp|link)-(?P<pid>\d+)"
+)
 
 DTYPES = {
     "F64": np.dtype("float64"),
@@ -69,7 +71,9 @@ class SafetensorsFile:
                 raise CheckpointError(f"{path} is not a safetensors file: it has only {size} bytes")
             header_length = int.from_bytes(head, "little")
             if header_length > size - 8 or header_length > 100_000_000:
-                raise CheckpointError(f"{path} is truncated or not a safetensors file (header of {header_length} bytes)")
+                raise CheckpointError(
+                    f"{path} is truncated or not a safetensors file (header of {header_length} bytes)"
+                )
             try:
                 header = json.loads(f.read(header_length))
             except (json.JSONDecodeError, UnicodeDecodeError) as error:
@@ -85,7 +89,9 @@ class SafetensorsFile:
             except (KeyError, TypeError, ValueError):
                 raise CheckpointError(f"{path}: tensor {name!r} has a malformed header entry {info!r}") from None
             if end - begin != dtype.itemsize * int(np.prod(shape)):
-                raise CheckpointError(f"{path}: tensor {name!r} has {end - begin} bytes for shape {shape} {info['dtype']}")
+                raise CheckpointError(
+                    f"{path}: tensor {name!r} has {end - begin} bytes for shape {shape} {info['dtype']}"
+                )
             if self.data_start + end > size:
                 raise CheckpointError(
                     f"{path} is truncated: tensor {name!r} ends at byte {self.data_start + end} "
@@ -212,7 +218,9 @@ def _write_file(path, entries, metadata, bar):
             for entry in entries:
                 array = entry.fetch()
                 if array.dtype != entry.dtype or array.shape != entry.shape:
-                    raise ValueError(f"{entry.name}: got {array.dtype}{array.shape}, planned {entry.dtype}{entry.shape}")
+                    raise ValueError(
+                        f"{entry.name}: got {array.dtype}{array.shape}, planned {entry.dtype}{entry.shape}"
+                    )
                 f.write(np.ascontiguousarray(array).reshape(-1).view(np.uint8).data)
                 bar.update(entry.nbytes)
             f.flush()

@@ -79,7 +79,9 @@ class GenerationConfig:
     def from_dict(cls, values):
         """From a generation_config.json dict: known keys become fields, the rest `extra`."""
         names = set(cls.field_names())
-        return cls(**{k: v for k, v in values.items() if k in names}, extra={k: v for k, v in values.items() if k not in names})
+        return cls(
+            **{k: v for k, v in values.items() if k in names}, extra={k: v for k, v in values.items() if k not in names}
+        )
 
     @classmethod
     def from_pretrained(cls, path):
@@ -99,7 +101,9 @@ class GenerationConfig:
     def to_dict(self):
         """Every field that differs from its default, and `extra`, as HF writes them."""
         default = GenerationConfig()
-        values = {name: getattr(self, name) for name in self.field_names() if getattr(self, name) != getattr(default, name)}
+        values = {
+            name: getattr(self, name) for name in self.field_names() if getattr(self, name) != getattr(default, name)
+        }
         return {**self.extra, **values}
 
     def keys(self):
@@ -129,16 +133,21 @@ class GenerationConfig:
         """A copy with `kwargs` set; raises ValueError naming any that is not an HF setting."""
         config = copy.deepcopy(self)
         unknown = config.update(**kwargs)
-        config.extra.update({name: unknown.pop(name) for name in set(unknown) & set(_NOT_IMPLEMENTED)})  # validate() refuses
+        # validate() refuses
+        config.extra.update({name: unknown.pop(name) for name in set(unknown) & set(_NOT_IMPLEMENTED)})
         if unknown:
-            raise ValueError(f"generate got unknown arguments {sorted(unknown)}; settings are {sorted(self.field_names())}")
+            raise ValueError(
+                f"generate got unknown arguments {sorted(unknown)}; settings are {sorted(self.field_names())}"
+            )
         return config
 
     def validate(self):
         """Raises ValueError for a value that would give garbage or that tf_mistral cannot honour."""
         for name, off in _NOT_IMPLEMENTED.items():
             if self.extra.get(name, off) != off:
-                raise ValueError(f"{name}={self.extra[name]!r} is not implemented by tf_mistral (greedy and sampling only)")
+                raise ValueError(
+                    f"{name}={self.extra[name]!r} is not implemented by tf_mistral (greedy and sampling only)"
+                )
         _check_int("min_new_tokens", self.min_new_tokens, 0)
         _check_int("min_tokens_to_keep", self.min_tokens_to_keep, 1)
         _check_int("no_repeat_ngram_size", self.no_repeat_ngram_size, 0)
@@ -166,7 +175,10 @@ class GenerationConfig:
         """Raises ValueError naming each setting away from its default that `runtime` (its name, for
         the message) does not list in `supported`."""
         default = GenerationConfig()
-        asked = [name for name in self.field_names() if name not in supported and getattr(self, name) != getattr(default, name)]
+        asked = [
+            name for name in self.field_names()
+            if name not in supported and getattr(self, name) != getattr(default, name)
+        ]
         if asked:
             settings = ", ".join(f"{name}={getattr(self, name)!r}" for name in asked)
             raise ValueError(

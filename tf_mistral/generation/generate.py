@@ -5,7 +5,6 @@ the number of new tokens is a tensor inside a bucketed buffer, for the same reas
 """
 
 import collections.abc
-import contextlib
 import time
 
 import numpy as np
@@ -16,39 +15,18 @@ from tf_mistral.generation import buckets, loop
 from tf_mistral.generation.config import GenerationConfig
 from tf_mistral.generation.outputs import generate_output, transition_scores
 from tf_mistral.generation.processors import Processing
-from tf_mistral.generation.sampling import SamplingMode, validate_sampling, validate_seed
+from tf_mistral.generation.request import (
+    as_int_matrix,
+    check_prompt,
+    default_pad_token_id,
+    left_align,
+    new_token_count,
+    sampling_mode,
+    streamer_calls,
+)
+from tf_mistral.generation.sampling import validate_sampling, validate_seed
 from tf_mistral.generation.stop_strings import StopStrings
-
-
-def as_int_matrix(value, name):
-    """A 2-D int32 numpy array from a list, numpy array or tensor; clear errors otherwise."""
-    if value is None:
-        raise ValueError(f"{name} is required")
-    array = np.asarray(value.numpy() if hasattr(value, "numpy") else value)
-    if array.ndim == 1:
-        array = array[None]
-    if array.ndim != 2 or not np.issubdtype(array.dtype, np.integer) and array.size:
-        raise ValueError(f"{name} must be integer ids of shape [batch, length], got {array.dtype} {array.shape}")
-    return array.astype(np.int32)
-
-
-def check_attention_mask(attention_mask):
-    """Raises ValueError unless the int `[batch, length]` mask holds only 0 (padding) and 1 (token):
-    `generate` counts a row's ones to place its padding, so another value would misplace it (the
-    SavedModel reads any non-zero value as 1)."""
-    bad = attention_mask[(attention_mask != 0) & (attention_mask != 1)]
-    if bad.size:
-        raise ValueError(
-            f"attention_mask must hold only 0 (padding) and 1 (token), got {bad[0]}: pass a 0/1 mask "
-            "(e.g. `(mask != 0).astype(int)`)"
-        )
-
-
-def left_align(input_ids, attention_mask):
-    """Moves each row's padding, its ids as given, to the left (generation needs left padding):
-    the row becomes what the same padding on the left would have been. Tokens keep their order."""
-    order = np.argsort(attention_mask, axis=1, kind="stable")  # the 0 columns first, each side in order
-    return np.take_along_axis(input_ids, order, axis=1), np.take_along_axis(attention_mask, order, axis=1)
+from tf_mistral.keras_internals import all_layers
 
 
 class GenerationMixin:
@@ -110,7 +88,7 @@ class GenerationMixin:
         attention_mask = (
             np.ones_like(input_ids) if attention_mask is None else as_int_matrix(attention_mask, "attention_mask")
         )
-        self._check_prompt(input_ids, attention_mask)
+        check_prompt(input_ids, attention_mask, self.config.vocab_size)
         input_ids = np.repeat(input_ids, config.num_return_sequences, axis=0)
         attention_mask = np.repeat(attention_mask, config.num_return_sequences, axis=0)
         batch, prompt = input_ids.shape
@@ -126,8 +104,9 @@ class GenerationMixin:
         if stop_strings and tokenizer is None:
             raise ValueError("stop_strings needs a tokenizer: pass generate(..., tokenizer=tokenizer)")
 
-        padded_left = (np.diff(attention_mask, axis=1) >= 0).all()
-        ids, mask = (input_ids, attention_mask) if padded_left else left_align(input_ids, attention_mask)
+        ids, mask = input_ids, attention_mask
+        if not (np.diff(attention_mask, axis=1) >= 0).all():  # padding on the right or inside
+            ids, mask = (x.numpy() for x in left_align(tf.constant(ids), tf.constant(mask)))
         bucket = buckets.prompt_bucket(prompt)
         ids = np.pad(ids, [(0, 0), (bucket - prompt, 0)], constant_values=sampling.pad_token_id)
         mask = np.pad(mask, [(0, 0), (bucket - prompt, 0)])
@@ -148,54 +127,29 @@ class GenerationMixin:
             state = _step_on_host(first(state, *args), step, args, max_new_tokens, streamer, stop)
         steps = int(state["step"])
         sequences = np.concatenate([input_ids, state["tokens"].numpy()[:, :steps]], axis=1)
-        return generate_output(config, sequences, state, lambda recorded: tuple(recorded.numpy()[:, :steps].swapaxes(0, 1)))
-
-    def _check_prompt(self, input_ids, attention_mask):
-        """Raises ValueError for int `[batch, prompt]` ids and mask that `generate` cannot continue."""
-        if input_ids.shape[1] == 0:
-            raise ValueError("the prompt is empty: give at least one token (e.g. the BOS id 1)")
-        if attention_mask.shape != input_ids.shape:
-            raise ValueError(f"attention_mask has shape {attention_mask.shape} but input_ids {input_ids.shape}")
-        check_attention_mask(attention_mask)
-        real_lengths = attention_mask.sum(axis=1)
-        if (real_lengths == 0).any():
-            raise ValueError(f"rows {np.flatnonzero(real_lengths == 0).tolist()} are all padding: nothing to continue")
-        vocab = self.config.vocab_size
-        if input_ids.min() < 0 or input_ids.max() >= vocab:
-            raise ValueError(f"input_ids must be in [0, {vocab}), got values from {input_ids.min()} to {input_ids.max()}")
+        return generate_output(
+            config, sequences, state, lambda recorded: tuple(recorded.numpy()[:, :steps].swapaxes(0, 1))
+        )
 
     def _max_new_tokens(self, config, prompt, longest_prompt):
-        """int: new tokens per row from `config` (max_new_tokens, else max_length - `prompt`
-        columns, else 20), checked against the model's positions for the longest real prompt."""
-        max_new_tokens = config.max_new_tokens
-        if max_new_tokens is None:
-            max_new_tokens = 20 if config.max_length is None else config.max_length - prompt
-        if not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 1:
-            raise ValueError(
-                f"max_new_tokens must be a positive integer, got {max_new_tokens!r} (max_length={config.max_length!r})"
-            )
-        longest = longest_prompt + int(max_new_tokens)
-        if longest > self.config.max_position_embeddings:
-            raise ValueError(
-                f"prompt ({longest_prompt} tokens) + max_new_tokens ({max_new_tokens}) = {longest} "
-                f"exceeds max_position_embeddings ({self.config.max_position_embeddings}); shorten the prompt"
-            )
-        return int(max_new_tokens)
+        """int: `request.new_token_count` of `config` for `prompt` columns, the longest real
+        prompt `longest_prompt` tokens, within the model's positions."""
+        return new_token_count(config.max_new_tokens, config.max_length, prompt, longest_prompt,
+                               self.config.max_position_embeddings)
 
     def _sampling(self, config):
         """The `loop.Sampling` of a validated `GenerationConfig` (seed, eos and pad resolved)."""
         validate_sampling(config.do_sample, config.temperature, config.top_k, config.top_p)
-        eos = self.config.eos_token_ids if config.eos_token_id is None else list(np.atleast_1d(config.eos_token_id).tolist())
+        eos = (
+            self.config.eos_token_ids if config.eos_token_id is None
+            else list(np.atleast_1d(config.eos_token_id).tolist())
+        )
         pad_token_id = config.pad_token_id
         if pad_token_id is None:
-            pad_token_id = self.config.pad_token_id if self.config.pad_token_id is not None else (eos[0] if eos else 0)
+            pad_token_id = default_pad_token_id(self.config.pad_token_id, eos)
         seed = int(np.random.randint(0, 2**31 - 1)) if config.seed is None else config.seed
         validate_seed(seed)
-        do_sample = config.do_sample
-        mode = SamplingMode(
-            do_sample, int(config.top_k or 0) if do_sample else 0, bool(do_sample and config.top_p < 1.0),
-            config.min_tokens_to_keep if do_sample else 1,
-        )
+        mode = sampling_mode(config.do_sample, config.top_k, config.top_p, config.min_tokens_to_keep)
         processing = Processing(
             float(config.repetition_penalty), config.no_repeat_ngram_size, config.min_new_tokens,
             config.output_scores, config.output_logits,
@@ -253,10 +207,11 @@ class GenerationMixin:
         docs/benchmarks.md); Keras-quantized weights prefill under XLA (TF's graph int8 kernels
         are slow). The decode steps, one row of ~1000 small ops each, run under XLA with
         `jit_compile` (the float32 and int8 default; `decodes_under_xla`), and then every token
-        is picked under XLA too, so a seed draws the same numbers as an XLA SavedModel. A trace captures the model's variables: when they change (`quantize`,
-        `enable_lora`), every function is traced again. Without XLA, a step's cache write is
-        traced as a scatter (`cache.core_op_writes`): the XLA op of a single-slot update would
-        otherwise be compiled on its own at every step.
+        is picked under XLA too, so a seed draws the same numbers as an XLA SavedModel. A trace
+        captures the model's variables: when they change (`quantize`, `enable_lora`), every
+        function is traced again. Without XLA, a step's cache write is traced as a scatter
+        (`cache.SCATTER_WRITES`): the XLA op of a single-slot update would otherwise be compiled
+        on its own at every step.
         """
         if not hasattr(self, "generation_traces"):
             self.generation_traces = 0
@@ -272,20 +227,21 @@ class GenerationMixin:
             def run(temperature, top_p, seed):
                 return loop.Sampling(temperature=temperature, top_p=top_p, seed=seed, **static)
 
+            xla = jit_compile and (kind != "start" or _quantized(self))
+            writes = kv_cache.SLICE_WRITES if xla else kv_cache.SCATTER_WRITES
             functions = {
                 "start": lambda ids, mask, prompt_columns: loop.start(
-                    self, ids, mask, shape[1], shape[2], sampling.pad_token_id, sampling.processing, prompt_columns
+                    self, ids, mask, shape[1], shape[2], sampling.pad_token_id, sampling.processing, prompt_columns,
+                    writes,
                 ),
-                "decode": lambda state, new_tokens, *args: loop.decode(self, state, new_tokens, run(*args)),
+                "decode": lambda state, new_tokens, *args: loop.decode(self, state, new_tokens, run(*args), writes),
                 "first": lambda state, *args: loop.first_token(state, run(*args)),
-                "step": lambda state, *args: loop.decode_step(self, state, run(*args)),
+                "step": lambda state, *args: loop.decode_step(self, state, run(*args), writes),
             }
-            xla = jit_compile and (kind != "start" or _quantized(self))
 
             def traced(*args):
                 self.generation_traces += 1
-                with contextlib.nullcontext() if xla else kv_cache.core_op_writes():
-                    return functions[kind](*args)
+                return functions[kind](*args)
 
             self._generation_functions[key] = tf.function(traced, jit_compile=xla)
         return self._generation_functions[key]
@@ -304,16 +260,14 @@ def decodes_under_xla(model):
 
 def _quantized(model):
     """Whether Keras `quantize()` replaced any of the model's kernels."""
-    return any(getattr(layer, "quantization_mode", None) for layer in model._flatten_layers())
+    return any(getattr(layer, "quantization_mode", None) for layer in all_layers(model))
 
 
 def _step_on_host(state, step, args, max_new_tokens, streamer=None, stop=None):
     """Runs `step` from Python after the first token (in `state`): each new column reaches
     `streamer` as it is made, and rows whose text completes a stop string (`stop`, a
     `StopStrings`) end before the next step. Returns the final state."""
-    put = None
-    if streamer is not None:
-        put = streamer if callable(streamer) and not hasattr(streamer, "put") else streamer.put
+    put, end = streamer_calls(streamer)
     running = np.ones(state["token"].shape[0], bool)  # the rows that made the newest column
     while True:
         token, finished = state["token"].numpy(), state["finished"].numpy()
@@ -327,8 +281,8 @@ def _step_on_host(state, step, args, max_new_tokens, streamer=None, stop=None):
             break
         running = ~finished
         state = step(state, *args)
-    if hasattr(streamer, "end"):
-        streamer.end()
+    if end is not None:
+        end()
     return state
 
 

@@ -24,9 +24,10 @@ def _slots(cache):
     return cache[0][0].shape[2] or tf.shape(cache[0][0])[2]
 
 
-def _prefill_chunked(model, input_ids, pad_start, cache):
+def _prefill_chunked(model, input_ids, pad_start, cache, cache_writes):
     """Prefills a prompt longer than the cache, one cache-length chunk at a time (the first chunk
-    padded on the left). Returns `(last logits [batch, vocab], cache, prompt columns)`."""
+    padded on the left). Returns `(last logits [batch, vocab], cache, prompt columns, pad_start)`
+    (`pad_start` moved right by the padding added)."""
     chunk = _slots(cache)
     length = tf.shape(input_ids)[1]
     extra = (-length) % chunk
@@ -36,7 +37,7 @@ def _prefill_chunked(model, input_ids, pad_start, cache):
 
     def body(i, logits, cache):
         ids = tf.slice(input_ids, [0, i * chunk], [-1, chunk])
-        logits, cache = model.forward_with_cache(ids, cache, i * chunk, pad_start)
+        logits, cache = model.forward_with_cache(ids, cache, i * chunk, pad_start, cache_writes=cache_writes)
         return i + 1, logits[:, 0], cache
 
     logits = tf.zeros([tf.shape(input_ids)[0], model.config.vocab_size], model.compute_dtype)
@@ -44,13 +45,14 @@ def _prefill_chunked(model, input_ids, pad_start, cache):
     return logits, cache, length + extra, pad_start
 
 
-def prefill(model, input_ids, pad_start, cache):
+def prefill(model, input_ids, pad_start, cache, cache_writes):
     """Runs the prompt through the model, filling the cache.
 
     Args:
         input_ids: int32 `[batch, prompt]`, left-padded.
         pad_start: int32 `[batch]`.
         cache: empty per-layer `(K, V)` list.
+        cache_writes: how a 1-token chunk is written (`tf_mistral.cache.write`).
 
     Returns:
         `(logits [batch, vocab] of the last column, cache, prompt columns, pad_start)`; a prompt
@@ -59,16 +61,18 @@ def prefill(model, input_ids, pad_start, cache):
     cache_length = _slots(cache)
 
     def single():
-        logits, new_cache = model.forward_with_cache(input_ids, cache, 0, pad_start)
+        logits, new_cache = model.forward_with_cache(input_ids, cache, 0, pad_start, cache_writes=cache_writes)
         return logits[:, 0], new_cache, tf.shape(input_ids)[1], pad_start
 
     static_length = input_ids.shape[1]
     if static_length is not None and isinstance(cache_length, int):
-        return single() if static_length <= cache_length else _prefill_chunked(model, input_ids, pad_start, cache)
+        if static_length <= cache_length:
+            return single()
+        return _prefill_chunked(model, input_ids, pad_start, cache, cache_writes)
     return tf.cond(
         tf.shape(input_ids)[1] <= cache_length,
         single,
-        lambda: _prefill_chunked(model, input_ids, pad_start, cache),
+        lambda: _prefill_chunked(model, input_ids, pad_start, cache, cache_writes),
     )
 
 
@@ -93,7 +97,9 @@ def _emit(state, logits, sampling):
     raw_logits = logits
     if sampling.processing.active:
         logits = processors.process(state, logits, sampling.processing, sampling.eos_token_ids)
-    token = next_tokens(logits, sampling.mode, sampling.temperature, sampling.top_p, sampling.seed, step, sampling.top_k)
+    token = next_tokens(
+        logits, sampling.mode, sampling.temperature, sampling.top_p, sampling.seed, step, sampling.top_k
+    )
     token = tf.where(finished, sampling.pad_token_id, token)
     tokens = tf.tensor_scatter_nd_update(tokens, tf.stack([tf.range(batch), tf.fill([batch], step)], axis=1), token)
     eos = tf.constant(list(sampling.eos_token_ids) or [-1], tf.int32)
@@ -104,8 +110,8 @@ def _emit(state, logits, sampling):
     return state
 
 
-def start(model, input_ids, attention_mask, max_new_tokens, cache_length, pad_token_id, processing=processors.Processing(),
-          prompt_columns=None):
+def start(model, input_ids, attention_mask, max_new_tokens, cache_length, pad_token_id,
+          processing=processors.Processing(), prompt_columns=None, cache_writes=kv_cache.SLICE_WRITES):
     """Prefills the prompt: the state that `first_token` and then `decode_step` advance.
 
     Args:
@@ -119,6 +125,8 @@ def start(model, input_ids, attention_mask, max_new_tokens, cache_length, pad_to
         prompt_columns: int32 scalar, the last columns that are the prompt as the caller gave it,
             padding included (HF's processors read its pad ids as tokens); the columns before are
             `generate`'s bucket padding, which they do not. None: every column.
+        cache_writes: `kv_cache.SLICE_WRITES` under XLA, `SCATTER_WRITES` in a plain TF graph
+            (`tf_mistral.cache.write`); the same for the `decode_step`s that follow.
 
     Returns:
         A dict: `logits` `[batch, vocab]` of the prompt's last column (which `first_token`
@@ -129,7 +137,7 @@ def start(model, input_ids, attention_mask, max_new_tokens, cache_length, pad_to
     input_ids = tf.cast(input_ids, tf.int32)
     batch = tf.shape(input_ids)[0]
     cache = kv_cache.empty_cache(model.config, batch, cache_length, model.compute_dtype)
-    logits, cache, columns, pad_start = prefill(model, input_ids, pad_starts(attention_mask), cache)
+    logits, cache, columns, pad_start = prefill(model, input_ids, pad_starts(attention_mask), cache, cache_writes)
     return dict(
         logits=logits,
         tokens=tf.fill([batch, max_new_tokens], tf.constant(pad_token_id, tf.int32)),
@@ -149,30 +157,37 @@ def first_token(state, sampling):
     return _emit(state, state.pop("logits"), sampling)
 
 
-def decode_step(model, state, sampling):
+def decode_step(model, state, sampling, cache_writes=kv_cache.SLICE_WRITES):
     """Feeds the newest token through the model and picks the next one."""
     column = state["columns"] + state["step"] - 1
-    logits, cache = model.forward_with_cache(state["token"][:, None], state["cache"], column, state["pad_start"])
+    logits, cache = model.forward_with_cache(
+        state["token"][:, None], state["cache"], column, state["pad_start"], cache_writes=cache_writes
+    )
     return _emit(dict(state, cache=cache), logits[:, 0], sampling)
 
 
-def decode(model, state, new_tokens, sampling):
+def decode(model, state, new_tokens, sampling, cache_writes=kv_cache.SLICE_WRITES):
     """From the state `start` made: `first_token`, then `decode_step` in a `while_loop` until
     `new_tokens` tokens or every row ended. Returns the final state (its `tokens` and `step`)."""
 
     def running(state):
         return (state["step"] < new_tokens) & ~tf.reduce_all(state["finished"])
 
-    (state,) = tf.while_loop(running, lambda state: (decode_step(model, state, sampling),), (first_token(state, sampling),))
+    def step(state):
+        return (decode_step(model, state, sampling, cache_writes),)
+
+    (state,) = tf.while_loop(running, step, (first_token(state, sampling),))
     return state
 
 
-def generate_tokens(model, input_ids, attention_mask, max_new_tokens, new_tokens, cache_length, sampling):
+def generate_tokens(model, input_ids, attention_mask, max_new_tokens, new_tokens, cache_length, sampling,
+                    cache_writes=kv_cache.SLICE_WRITES):
     """`start`, then `decode`: one traceable function from prompt to tokens (the SavedModel's).
 
     Returns `(tokens int32 [batch, max_new_tokens], steps int32)`; columns from `steps` on are
     `pad_token_id`, and so is everything a row emits after its end token.
     """
-    state = start(model, input_ids, attention_mask, max_new_tokens, cache_length, sampling.pad_token_id, sampling.processing)
-    state = decode(model, state, new_tokens, sampling)
+    state = start(model, input_ids, attention_mask, max_new_tokens, cache_length, sampling.pad_token_id,
+                  sampling.processing, cache_writes=cache_writes)
+    state = decode(model, state, new_tokens, sampling, cache_writes)
     return state["tokens"], state["step"]

@@ -65,7 +65,9 @@ def process(state, logits, processing, eos_token_ids):
         penalty = processing.repetition_penalty
         logits = tf.where(state["seen"], tf.where(logits < 0, logits * penalty, logits / penalty), logits)
     if processing.no_repeat_ngram_size:
-        banned = banned_ngram_tokens(state["history"], _filled_columns(state), processing.no_repeat_ngram_size, logits.shape[-1])
+        banned = banned_ngram_tokens(
+            state["history"], _filled_columns(state), processing.no_repeat_ngram_size, logits.shape[-1]
+        )
         logits = tf.where(banned, -float("inf"), logits)
     if processing.min_new_tokens and eos_token_ids:
         eos = tf.reduce_any(tf.one_hot(list(eos_token_ids), logits.shape[-1]) > 0, axis=0)
@@ -111,7 +113,9 @@ def record(state, token, raw_logits, scores, processing, sampling):
         state["seen"] = state["seen"] | (tf.one_hot(token, state["seen"].shape[-1]) > 0)
     if "history" in state:
         column = tf.shape(state["history"])[1] - tf.shape(state["tokens"])[1] + step
-        state["history"] = tf.tensor_scatter_nd_update(state["history"], tf.stack([rows, tf.fill([batch], column)], 1), token)
+        state["history"] = tf.tensor_scatter_nd_update(
+            state["history"], tf.stack([rows, tf.fill([batch], column)], 1), token
+        )
     at_step = tf.stack([rows, tf.fill([batch], step)], axis=1)
     if processing.output_scores:
         if sampling.mode.do_sample:

@@ -36,7 +36,8 @@ class MistralAttention(keras.layers.Layer):
             projection.build(input_shape)
         self.o_proj.build((*input_shape[:-1], self.num_attention_heads * self.head_dim))
 
-    def call(self, x, cos, sin, mask, cache=None, cache_start=None, last_only=False, past=None, output_attentions=False):
+    def call(self, x, cos, sin, mask, cache=None, cache_start=None, last_only=False, past=None, output_attentions=False,
+             cache_writes=kv_cache.SLICE_WRITES):
         """Attends `x` to itself, or to the cache and itself (see `tf_mistral.cache.key_positions`),
         or to HF-style past keys and values and itself.
 
@@ -53,6 +54,7 @@ class MistralAttention(keras.layers.Layer):
                 `cache_start` (cache_length may be dynamic: the SavedModel sizes it per request).
             cache_start: int32 scalar, the position of `x`'s first token (with a cache); the
                 Python int 0 says the cache is empty.
+            cache_writes: how a 1-token chunk is written into the cache (`tf_mistral.cache.write`).
             last_only: only the last token queries (its keys and values are still every token's):
                 the last layer of a prefill, whose other rows nothing reads.
             past: None, or `(K, V)` both `[batch, kv_heads, past_length, head_dim]` (HF's layout,
@@ -82,17 +84,19 @@ class MistralAttention(keras.layers.Layer):
         v = ops.transpose(v, (0, 2, 3, 1))  # [B, KVH, D, S]
 
         if past is not None:
-            new_cache = (ops.concatenate([past[0], k], axis=2), ops.concatenate([past[1], ops.swapaxes(v, 2, 3)], axis=2))
+            new_cache = (
+                ops.concatenate([past[0], k], axis=2), ops.concatenate([past[1], ops.swapaxes(v, 2, 3)], axis=2)
+            )
             keys, values = [new_cache[0]], [ops.swapaxes(new_cache[1], 2, 3)]
         elif cache is None:
             keys, values, new_cache = [k], [v], None
         elif kv_cache.writes_first(x.shape[1]):
-            new_cache = kv_cache.write(cache[0], cache[1], k, v, cache_start)
+            new_cache = kv_cache.write(cache[0], cache[1], k, v, cache_start, cache_writes)
             keys, values = [new_cache[0]], [new_cache[1]]
         else:
             fresh = isinstance(cache_start, int) and cache_start == 0  # the keys are the chunk alone
             keys, values = ([k], [v]) if fresh else ([cache[0], k], [cache[1], v])
-            new_cache = kv_cache.write(cache[0], cache[1], k, v, cache_start)
+            new_cache = kv_cache.write(cache[0], cache[1], k, v, cache_start, cache_writes)
 
         scores = ops.concatenate([ops.einsum("bkqd,bktd->bkqt", q, key) for key in keys], axis=-1)
         scores = scores * ops.cast(head_dim**-0.5, scores.dtype)

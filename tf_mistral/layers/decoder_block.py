@@ -2,6 +2,7 @@
 
 import keras
 
+from tf_mistral import cache as kv_cache
 from tf_mistral.layers.attention import MistralAttention
 from tf_mistral.layers.mlp import MistralMLP
 from tf_mistral.layers.rms_norm import MistralRMSNorm
@@ -45,13 +46,14 @@ class MistralDecoderLayer(keras.layers.Layer):
         for sublayer in (self.input_layernorm, self.self_attn, self.post_attention_layernorm, self.mlp):
             sublayer.build(input_shape)
 
-    def call(self, x, cos, sin, mask, cache=None, cache_start=None, last_only=False, past=None, output_attentions=False):
+    def call(self, x, cos, sin, mask, cache=None, cache_start=None, last_only=False, past=None, output_attentions=False,
+             cache_writes=kv_cache.SLICE_WRITES):
         """`x [batch, seq, hidden]` -> `(x', new_cache)`, x' `[batch, 1, hidden]` for the last
         token alone when `last_only`, plus the attention probabilities when `output_attentions`;
         see `MistralAttention.call`."""
         attended, new_cache, *probs = self.self_attn(
             self.input_layernorm(x), cos, sin, mask, cache=cache, cache_start=cache_start, last_only=last_only,
-            past=past, output_attentions=output_attentions,
+            past=past, output_attentions=output_attentions, cache_writes=cache_writes,
         )
         x = (x[:, -1:] if last_only else x) + attended
         x = x + self.mlp(self.post_attention_layernorm(x))

@@ -20,7 +20,9 @@ def unpack_inputs(input_ids, attention_mask):
         inputs = input_ids
         unknown = set(inputs) - {"input_ids", "attention_mask", "labels"}
         if unknown:
-            raise ValueError(f"unexpected model inputs {sorted(unknown)}; expected input_ids, attention_mask (and labels)")
+            raise ValueError(
+                f"unexpected model inputs {sorted(unknown)}; expected input_ids, attention_mask (and labels)"
+            )
         return inputs["input_ids"], inputs.get("attention_mask", attention_mask)
     return input_ids, attention_mask
 
@@ -67,7 +69,7 @@ class TFMistralModel(MistralPreTrainedModel):
 
     def _run_layers(
         self, hidden, position_ids, mask, cache=None, cache_start=None, collect=False, last_only=False,
-        past=None, output_attentions=False, intercept=None,
+        past=None, output_attentions=False, intercept=None, cache_writes=kv_cache.SLICE_WRITES,
     ):
         """Runs every decoder layer; returns (normed hidden, new cache list or None, states, attentions).
 
@@ -77,6 +79,7 @@ class TFMistralModel(MistralPreTrainedModel):
         `output_attentions`. The two HF-style arguments reach the layers only when used, so the
         cached and training paths (and `training.remat`'s wrapper) see the same calls as before.
         `intercept`: `fn(hidden, i)` on layer i's output, which then goes on as what it returns.
+        `cache_writes`: how the layers write a 1-token chunk into `cache` (`tf_mistral.cache.write`).
         """
         cos, sin = self.rotary_emb(position_ids)
         states, attentions = [hidden] if collect else [], []
@@ -88,6 +91,8 @@ class TFMistralModel(MistralPreTrainedModel):
                 extra["past"] = past[i]
             if output_attentions:
                 extra["output_attentions"] = True
+            if cache is not None:
+                extra["cache_writes"] = cache_writes
             hidden, layer_cache, *probs = layer(
                 hidden, cos, sin, mask,
                 cache=None if cache is None else cache[i], cache_start=cache_start,
@@ -189,7 +194,8 @@ class TFMistralModel(MistralPreTrainedModel):
             output["attentions"] = tuple(attentions)
         return self.format_output(output, return_dict)
 
-    def forward_with_cache(self, input_ids, cache, start, pad_start=None, last_only=False):
+    def forward_with_cache(self, input_ids, cache, start, pad_start=None, last_only=False,
+                           cache_writes=kv_cache.SLICE_WRITES):
         """A chunk of tokens against the fixed-size cache (prefill or one decode step).
 
         Args:
@@ -200,6 +206,8 @@ class TFMistralModel(MistralPreTrainedModel):
             pad_start: int32 `[batch]`, each row's first real position (left padding); None: 0.
             last_only: return the last token's hidden state alone; the last layer then skips
                 the other tokens' queries and MLP (every layer's cache is still complete).
+            cache_writes: `tf_mistral.cache.SLICE_WRITES` (TFLite, XLA) or `SCATTER_WRITES` (a
+                graph run without XLA): how a 1-token chunk is written (`tf_mistral.cache.write`).
 
         Returns:
             `(hidden [batch, seq or 1, hidden], new cache)`.
@@ -217,6 +225,7 @@ class TFMistralModel(MistralPreTrainedModel):
         mask = band_mask(query_positions, key_positions, key_valid, self.config.sliding_window)
         position_ids = ops.maximum(query_positions[None, :] - pad_start[:, None], 0)
         hidden, new_cache, _, _ = self._run_layers(
-            self.embed_tokens(input_ids), position_ids, mask, cache=cache, cache_start=start, last_only=last_only
+            self.embed_tokens(input_ids), position_ids, mask, cache=cache, cache_start=start, last_only=last_only,
+            cache_writes=cache_writes,
         )
         return hidden, new_cache

@@ -3,6 +3,7 @@
 import keras
 from keras import ops
 
+from tf_mistral import cache as kv_cache
 from tf_mistral.generation.generate import GenerationMixin
 from tf_mistral.models import head_losses
 from tf_mistral.models.backbone import TFMistralModel
@@ -64,8 +65,9 @@ class TFMistralForCausalLM(TextMixin, TrainingMixin, GenerationMixin, MistralPre
         loss = None if labels is None else head_losses.causal_lm_loss(labels, logits)
         return self.head_output(loss, logits, backbone, return_dict)
 
-    def forward_with_cache(self, input_ids, cache, start, pad_start=None, last_only=True):
+    def forward_with_cache(self, input_ids, cache, start, pad_start=None, last_only=True,
+                           cache_writes=kv_cache.SLICE_WRITES):
         """Logits for a chunk run against the cache: `[batch, 1, vocab]` for its last token when
         `last_only`, else `[batch, seq, vocab]`; see `TFMistralModel.forward_with_cache`."""
-        hidden, cache = self.model.forward_with_cache(input_ids, cache, start, pad_start, last_only)
+        hidden, cache = self.model.forward_with_cache(input_ids, cache, start, pad_start, last_only, cache_writes)
         return self._logits(hidden), cache

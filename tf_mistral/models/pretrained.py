@@ -9,6 +9,7 @@ import keras
 from keras import ops
 import numpy as np
 
+from tf_mistral import checkpoint, quantization
 from tf_mistral.atomic import write_json
 from tf_mistral.config import MistralConfig
 from tf_mistral.models.outputs import ModelOutput
@@ -247,8 +248,6 @@ class MistralPreTrainedModel(PresetMixin, keras.Model):
             **config_overrides: MistralConfig fields to set after reading config.json, as HF
                 does (`num_labels=5` resizes `id2label`); other names go to `config.extra`.
         """
-        from tf_mistral import checkpoint, quantization
-
         del from_pt, from_tf
         config = MistralConfig.from_json_file(path)
         for name, value in config_overrides.items():
@@ -274,8 +273,6 @@ class MistralPreTrainedModel(PresetMixin, keras.Model):
         TensorFlow SavedModel of the forward pass under `path/saved_model/1`, as HF's TF classes
         did: signature `serving_default(input_ids, attention_mask)` (int32 `[batch, seq]`) ->
         `logits`."""
-        from tf_mistral import checkpoint
-
         checkpoint.save_weights(self, path, max_shard_size=max_shard_size, dtype=dtype, progress=progress)
         if hasattr(self, "generation_config"):
             write_json(os.path.join(path, GENERATION_CONFIG), dict(self.generation_config))

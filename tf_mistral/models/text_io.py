@@ -29,7 +29,8 @@ def as_preprocessor(preprocessor, path):
     if isinstance(preprocessor, str):
         return MistralPreprocessor(MistralTokenizer.from_pretrained(preprocessor))
     raise TypeError(
-        f"preprocessor must be True, a tokenizer folder, a MistralTokenizer or a MistralPreprocessor, got {preprocessor!r}"
+        "preprocessor must be True, a tokenizer folder, a MistralTokenizer or a MistralPreprocessor, "
+        f"got {preprocessor!r}"
     )
 
 
@@ -82,8 +83,8 @@ class TextMixin:
         tokenizer = self._tokenizer_for_text()
         if kwargs.get("return_dict_in_generate"):
             raise ValueError("generate on strings returns strings: pass token ids for return_dict_in_generate")
-        batch = tokenizer([input_ids] if isinstance(input_ids, str) else list(input_ids), padding=True, padding_side="left",
-                          return_tensors="np")
+        batch = tokenizer([input_ids] if isinstance(input_ids, str) else list(input_ids), padding=True,
+                          padding_side="left", return_tensors="np")
         kwargs.setdefault("tokenizer", tokenizer)
         sequences = super().generate(batch["input_ids"], batch["attention_mask"], *args, **kwargs)
         texts = tokenizer.batch_decode(sequences, skip_special_tokens=True)
@@ -121,7 +122,9 @@ class TextMixin:
             raise ValueError(f'scoring_mode must be "logits" or "loss", got {scoring_mode!r}')
         if scoring_mode == "loss" and target_ids is None:
             raise ValueError('scoring_mode="loss" needs target_ids (token_ids shifted left by one)')
-        hidden = self.model(token_ids, attention_mask=padding_mask, layer_intercept_fn=layer_intercept_fn).last_hidden_state
+        hidden = self.model(
+            token_ids, attention_mask=padding_mask, layer_intercept_fn=layer_intercept_fn
+        ).last_hidden_state
         logits = self._logits(hidden)
         if scoring_mode == "logits":
             return logits

@@ -17,12 +17,13 @@ The chat formats (`tf_mistral.chat`) sit beside this package: `MistralTokenizer`
 and they import only `tf_mistral.text_checks`.
 """
 
+from tf_mistral.labels import IGNORE_INDEX
 from tf_mistral.text_checks import check_text
 from tf_mistral.tokenizer.files import DEFAULT_MODEL_FILES
 from tf_mistral.tokenizer.in_graph import CHAT_FORMATS, InGraphTokenizer
 from tf_mistral.tokenizer.loading import load_tokenizer
 from tf_mistral.tokenizer.mistral_tokenizer import MistralTokenizer
-from tf_mistral.tokenizer.preprocessor import IGNORE_INDEX, MistralPreprocessor
+from tf_mistral.tokenizer.preprocessor import MistralPreprocessor
 
 __all__ = [
     "CHAT_FORMATS", "DEFAULT_MODEL_FILES", "IGNORE_INDEX", "InGraphTokenizer", "MistralPreprocessor",

@@ -6,9 +6,9 @@ Inputs must be valid UTF-8: the Python API raises on anything else.
 """
 
 import base64
+from collections.abc import Sequence
 import functools
 import os
-from collections.abc import Sequence
 
 import numpy as np
 import tensorflow as tf

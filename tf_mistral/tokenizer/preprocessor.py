@@ -4,11 +4,9 @@ in-graph (`dataset.map`, a SavedModel, or the first layer of a model)."""
 import keras
 import tensorflow as tf
 
+from tf_mistral.labels import IGNORE_INDEX
 from tf_mistral.tokenizer.inputs import check_side
 from tf_mistral.tokenizer.mistral_tokenizer import MistralTokenizer
-
-# Label for positions the causal LM loss ignores (padding).
-IGNORE_INDEX = -100
 
 
 @keras.saving.register_keras_serializable(package="tf_mistral")

@@ -10,9 +10,10 @@ package adds:
     causal_lm_loss, IGNORE_INDEX                                                the loss, as HF computes it
 """
 
+from tf_mistral.labels import IGNORE_INDEX
 from tf_mistral.training.data import causal_lm_dataset, read_jsonl, read_texts, sequence_classification_dataset
 from tf_mistral.training.lora import enable_lora, load_lora_weights, save_lora_weights
-from tf_mistral.training.losses import IGNORE_INDEX, causal_lm_loss
+from tf_mistral.training.losses import causal_lm_loss
 from tf_mistral.training.remat import rematerialize
 from tf_mistral.training.resume import ResumableBackup
 

@@ -19,8 +19,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tf_mistral.labels import IGNORE_INDEX
 from tf_mistral.training.data import with_length
-from tf_mistral.training.losses import IGNORE_INDEX
 
 IdRange = collections.namedtuple("IdRange", ["name", "size", "ignorable", "bound"])
 IdRange.__doc__ = """The values one input may hold: [0, size), and -100 when `ignorable`.

@@ -30,7 +30,7 @@ import tensorflow as tf
 from tensorflow.python.data.ops import dataset_ops
 
 from tf_mistral import chat
-from tf_mistral.training.losses import IGNORE_INDEX
+from tf_mistral.labels import IGNORE_INDEX
 
 BUCKET_STEP = 64
 
@@ -193,7 +193,9 @@ def example_order(count, shuffle, seed, epoch):
 
     def permutation(_):  # runs when an epoch's iterator starts, so a tf.Variable epoch is read then
         key = tf.stack([tf.constant(seed, tf.int64), tf.cast(epoch, tf.int64)])
-        return tf.data.Dataset.from_tensor_slices(tf.random.experimental.stateless_shuffle(tf.range(count, dtype=tf.int64), key))
+        return tf.data.Dataset.from_tensor_slices(
+            tf.random.experimental.stateless_shuffle(tf.range(count, dtype=tf.int64), key)
+        )
 
     return tf.data.Dataset.from_tensors(0).flat_map(permutation)
 
@@ -209,7 +211,8 @@ def bucket_lengths(sequence_length, step=BUCKET_STEP):
     return sorted({min(n, sequence_length) for n in range(step, sequence_length + step, step)})
 
 
-def padded_batches(dataset, sequence_length, batch_size, pad_token_id, drop_remainder=False, buckets=None, label_shape=None):
+def padded_batches(dataset, sequence_length, batch_size, pad_token_id, drop_remainder=False, buckets=None,
+                   label_shape=None):
     """Right-pads examples (dicts with `input_ids [n]`, optional `labels [n]`) into batches bucketed
     by length; adds `attention_mask`. `label_shape=[]` for one label per example (classification)."""
     buckets = buckets or bucket_lengths(sequence_length)
@@ -280,7 +283,8 @@ def causal_lm_dataset(
     return dataset.prefetch(tf.data.AUTOTUNE)
 
 
-def sequence_classification_dataset(texts, labels, tokenizer, sequence_length, batch_size, *, shuffle=True, seed=0, epoch=None, drop_remainder=False):
+def sequence_classification_dataset(texts, labels, tokenizer, sequence_length, batch_size, *, shuffle=True, seed=0,
+                                    epoch=None, drop_remainder=False):
     """Batches `({"input_ids", "attention_mask"} [batch, length], labels int32 [batch])` for
     `TFMistralForSequenceClassification.fit`: `<s> text`, truncated, right-padded by length bucket."""
     if len(texts) != len(labels):
@@ -291,6 +295,8 @@ def sequence_classification_dataset(texts, labels, tokenizer, sequence_length, b
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=True,
     )
-    dataset = padded_batches(dataset, sequence_length, batch_size, tokenizer.pad_token_id, drop_remainder, label_shape=[])
+    dataset = padded_batches(
+        dataset, sequence_length, batch_size, tokenizer.pad_token_id, drop_remainder, label_shape=[]
+    )
     dataset = dataset.map(lambda b: ({"input_ids": b["input_ids"], "attention_mask": b["attention_mask"]}, b["labels"]))
     return dataset.prefetch(tf.data.AUTOTUNE)

@@ -10,7 +10,7 @@ Adapters are saved on their own in PEFT's layout: `adapter_model.safetensors` wi
 `base_model.model.model.layers.{i}.self_attn.q_proj.lora_A.weight [rank, in]` and
 `...lora_B.weight [out, rank]` (PyTorch's `[out, in]` convention: A and B transposed), plus
 `adapter_config.json` (`r`, `lora_alpha`, `target_modules`). `save_pretrained` merges the
-adapters into the base kernels in float32 (`merged_kernel`), giving a plain HF checkpoint.
+adapters into the base kernels in float32 (`checkpoint.merged_kernel`), giving a plain HF checkpoint.
 
 A Keras int8-quantized base (`model.quantize("int8")` before `enable_lora`) works: Keras' int8
 `Dense` adds the LoRA path in its quantized call (QLoRA-style training). Such a model cannot be
@@ -22,10 +22,10 @@ import json
 import os
 
 import keras
-from keras import ops
 import numpy as np
 
-from tf_mistral import safetensors_io
+from tf_mistral import checkpoint, safetensors_io
+from tf_mistral.keras_internals import all_layers
 
 ATTENTION_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
 MLP_PROJECTIONS = ("gate_proj", "up_proj", "down_proj")
@@ -52,13 +52,9 @@ def resolve_targets(target_modules):
     return targets
 
 
-def _backbone(model):
-    return model if hasattr(model, "decoder_layers") else model.model
-
-
 def projections(model, targets=ALL_PROJECTIONS):
     """`{HF module name: Dense}`, e.g. "model.layers.0.self_attn.q_proj", for the chosen projections."""
-    backbone = _backbone(model)
+    backbone = model._backbone()
     prefix = "" if backbone is model else "model."
     found = {}
     for i, layer in enumerate(backbone.decoder_layers):
@@ -94,28 +90,19 @@ def enable_lora(model, rank, target_modules=DEFAULT_TARGETS, lora_alpha=None):
     chosen = projections(model, targets)
     for dense in chosen.values():
         if dense.quantization_mode not in (None, "int8", "int4"):
-            raise ValueError(f"{dense.name} is quantized as {dense.quantization_mode}; Keras has LoRA for int8/int4 only")
+            raise ValueError(
+                f"{dense.name} is quantized as {dense.quantization_mode}; Keras has LoRA for int8/int4 only"
+            )
         dense.enable_lora(int(rank), lora_alpha=lora_alpha)
     keep = {id(dense) for dense in chosen.values()}  # their kernels are frozen by Keras already
-    for layer in model._flatten_layers(include_self=False, recursive=True):
+    for layer in all_layers(model, include_self=False):
         if not layer._layers and id(layer) not in keep and layer.name not in _HEADS:
             layer.trainable = False  # leaves: embeddings, norms, other projections, lm_head
     return model
 
 
-def merged_kernel(dense):
-    """`kernel + (alpha / r) * A @ B` computed in float32, in the kernel variable's dtype `[in, out]`.
-
-    (Keras' `Dense.kernel` returns the merge in the compute dtype, bf16 under mixed precision.)
-    """
-    delta = (dense.lora_alpha / dense.lora_rank) * ops.matmul(dense.lora_kernel_a, dense.lora_kernel_b)
-    return ops.cast(ops.cast(dense._kernel, "float32") + delta, dense._kernel.dtype)
-
-
 def save_lora_weights(model, path):
     """Writes the adapters (and a classifier's `score`) to the folder `path` in PEFT's layout."""
-    from tf_mistral import checkpoint
-
     layers = lora_layers(model)
     if not layers:
         raise ValueError("this model has no LoRA weights: call enable_lora(rank) first")
@@ -159,8 +146,6 @@ def load_lora_weights(model, path):
     LoRA is enabled with the file's rank, alpha and targets when the model has none yet; a model
     with LoRA already enabled must match them. Every tensor's name and shape is checked first.
     """
-    from tf_mistral import checkpoint
-
     config_path = os.path.join(path, ADAPTER_CONFIG)
     if not os.path.exists(config_path):
         raise FileNotFoundError(f"no {ADAPTER_CONFIG} in {path}: is this a LoRA adapter folder (save_lora_weights)?")
@@ -173,11 +158,14 @@ def load_lora_weights(model, path):
     if not lora_layers(model):
         enable_lora(model, rank, targets, lora_alpha=alpha)
     layers = lora_layers(model)
-    mismatched = {name: (d.lora_rank, d.lora_alpha) for name, d in layers.items() if (d.lora_rank, d.lora_alpha) != (rank, alpha)}
+    mismatched = {
+        name: (d.lora_rank, d.lora_alpha) for name, d in layers.items() if (d.lora_rank, d.lora_alpha) != (rank, alpha)
+    }
     if mismatched or set(layers) != set(projections(model, targets)):
         raise ValueError(
             f"the adapter in {path} has rank {rank}, alpha {alpha} on {list(targets)}; this model's LoRA differs "
-            f"(e.g. {sorted(layers)[:2]}, rank/alpha {sorted(set((d.lora_rank, d.lora_alpha) for d in layers.values()))}). "
+            f"(e.g. {sorted(layers)[:2]}, "
+            f"rank/alpha {sorted(set((d.lora_rank, d.lora_alpha) for d in layers.values()))}). "
             "Load it into a model without LoRA and it is enabled to match"
         )
     stored = safetensors_io.SafetensorsFile(os.path.join(path, ADAPTER_WEIGHTS))
@@ -203,8 +191,12 @@ def load_lora_weights(model, path):
             )
     unexpected = sorted(set(stored.tensors) - {key for key, _, _ in plan})
     if unexpected:
-        raise safetensors_io.CheckpointError(f"{ADAPTER_WEIGHTS} in {path} has tensors this model does not know, e.g. {unexpected[:3]}")
+        raise safetensors_io.CheckpointError(
+            f"{ADAPTER_WEIGHTS} in {path} has tensors this model does not know, e.g. {unexpected[:3]}"
+        )
     for key, variable, transposed in plan:
         value = stored.read(key)
-        variable.assign(np.ascontiguousarray(value.T if transposed else value, dtype=checkpoint.numpy_dtype(variable.dtype)))
+        variable.assign(
+            np.ascontiguousarray(value.T if transposed else value, dtype=checkpoint.numpy_dtype(variable.dtype))
+        )
     return model

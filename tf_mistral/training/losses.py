@@ -14,7 +14,7 @@ import collections
 
 from keras import ops
 
-IGNORE_INDEX = -100  # HF transformers' label for "no loss here" (padding, prompts, BOS of packed docs)
+from tf_mistral.labels import IGNORE_INDEX
 
 TokenStatistics = collections.namedtuple("TokenStatistics", ["nll", "weight", "correct", "count"])
 TokenStatistics.__doc__ = """Float32 scalars summed over one batch.

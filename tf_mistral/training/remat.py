@@ -24,10 +24,13 @@ def rematerialize(model):
     the plain full-sequence forward; a call that needs more of a layer than its output (a KV
     cache: `generate`, `past_key_values` / `use_cache`; `output_attentions`) runs it as before.
     """
-    backbone = model if hasattr(model, "decoder_layers") else model.model
+    backbone = model._backbone()
     for layer in backbone.decoder_layers:
         if getattr(layer, "_tf_mistral_remat", False):
             continue
+        # Keras' public `RematScope` applies to layers created inside it, and to each of their
+        # calls; this wraps the layers of an already built (loaded) model, and only their
+        # full-sequence call. tests/test_training.py checks the gradients equal the plain ones.
         layer.call = _recomputed(layer.call)
         layer._tf_mistral_remat = True
     return model

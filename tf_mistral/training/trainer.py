@@ -25,13 +25,14 @@ gradient accumulation and `tf.distribute` strategies run as in any Keras model.
 """
 
 import keras
+from keras import ops
 import numpy as np
 import tensorflow as tf
-from keras import ops
 
 from tf_mistral.checkpoint import numpy_dtype
+from tf_mistral.labels import IGNORE_INDEX
 from tf_mistral.training import checks, lora
-from tf_mistral.training.losses import IGNORE_INDEX, label_weights, statistics
+from tf_mistral.training.losses import label_weights, statistics
 from tf_mistral.training.metrics import default_metrics, labelled_count
 
 

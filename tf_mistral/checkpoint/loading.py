@@ -1,81 +1,27 @@
-"""Hugging Face safetensors checkpoints <-> Keras variables.
-
-The weight names are HF's; the table below is almost the identity, because our layer names follow
-the checkpoint. PyTorch stores linear weights `[out, in]`, Keras `Dense` kernels are `[in, out]`.
+"""Loading a Hugging Face safetensors checkpoint into a Keras model.
 
 Tensors are read (`safetensors_io`) 16 MB of rows at a time and written in place (under XLA, see
 `_write_block`) into variables built with zeros (no random init), so peak memory stays near one
 copy of the model (docs/memory.md): a bfloat16 checkpoint goes into bfloat16 variables without a
-float32 detour, and nothing is memory-mapped. Saving goes through
-`safetensors_io.write_checkpoint`, which never leaves a mix of an old and a new checkpoint.
+float32 detour, and nothing is memory-mapped. Into a Keras int8 model
+(`from_pretrained(quantize="int8")`) each block is quantized as it arrives.
 """
 
-import dataclasses
 import warnings
 
 import keras
 from keras import ops
-import ml_dtypes
 import numpy as np
 import tensorflow as tf
 from tqdm.auto import tqdm
 
-from tf_mistral.arguments import parse_size
+from tf_mistral.checkpoint.layout import checkpoint_table, numpy_dtype, shape_hint
 from tf_mistral.quantization import Int8Target
-from tf_mistral.safetensors_io import CheckpointError, TensorEntry, open_checkpoint, write_checkpoint
+from tf_mistral.safetensors_io import CheckpointError, open_checkpoint
 
 _BLOCK_BYTES = 16 * 2**20  # rows read and assigned at once while loading
 # Head weights that a checkpoint of another head type carries; HF skips them silently too.
-_OTHER_HEADS = {"lm_head.weight", "score.weight", "score.bias"}
-
-
-def numpy_dtype(name):
-    """numpy dtype for a Keras dtype name; bfloat16 comes from ml_dtypes."""
-    name = keras.backend.standardize_dtype(name)
-    return np.dtype(ml_dtypes.bfloat16) if name == "bfloat16" else np.dtype(name)
-
-
-def checkpoint_table(model):
-    """Maps each HF tensor name to `(layer, attribute, transposed)` for `model`.
-
-    A bare `TFMistralModel` uses the names HF's `MistralModel` writes (no `model.` prefix).
-    """
-    from tf_mistral.models.backbone import TFMistralModel
-
-    backbone = model if isinstance(model, TFMistralModel) else model.model
-    prefix = "" if backbone is model else "model."
-    table = {
-        f"{prefix}embed_tokens.weight": (backbone.embed_tokens, "embeddings", False),
-        f"{prefix}norm.weight": (backbone.norm, "weight", False),
-    }
-    for i, layer in enumerate(backbone.decoder_layers):
-        name = f"{prefix}layers.{i}"
-        for proj in ("q_proj", "k_proj", "v_proj", "o_proj"):
-            table[f"{name}.self_attn.{proj}.weight"] = (getattr(layer.self_attn, proj), "kernel", True)
-        for proj in ("gate_proj", "up_proj", "down_proj"):
-            table[f"{name}.mlp.{proj}.weight"] = (getattr(layer.mlp, proj), "kernel", True)
-        table[f"{name}.input_layernorm.weight"] = (layer.input_layernorm, "weight", False)
-        table[f"{name}.post_attention_layernorm.weight"] = (layer.post_attention_layernorm, "weight", False)
-    for head in ("lm_head", "score"):
-        dense = getattr(model, head, None)
-        if isinstance(dense, keras.layers.Layer):  # a causal LM's score() is a method, not a head
-            table[f"{head}.weight"] = (dense, "kernel", True)
-            if dense.use_bias:
-                table[f"{head}.bias"] = (dense, "bias", False)
-    return table
-
-
-def _shape_hint(name, file_shape, config):
-    if ".k_proj." in name or ".v_proj." in name:
-        heads = file_shape[0] / config.head_dim
-        return (f"checkpoint has {heads:g} kv heads of {config.head_dim} but config says "
-                f"{config.num_key_value_heads}: is config.json from another model?")
-    if "embed_tokens" in name or name == "lm_head.weight":
-        return f"checkpoint vocabulary is {file_shape[0]} but config says {config.vocab_size}"
-    if name.startswith("score."):
-        return (f"the checkpoint's head has {file_shape[0]} labels but num_labels is {config.num_labels}: "
-                "pass ignore_mismatched_sizes=True to re-initialise the head")
-    return "is config.json from another model?"
+OTHER_HEADS = {"lm_head.weight", "score.weight", "score.bias"}
 
 
 def load_weights(model, directory, progress=True, ignore_mismatched_sizes=False):
@@ -102,13 +48,13 @@ def load_weights(model, directory, progress=True, ignore_mismatched_sizes=False)
     _refuse_classifier_for_causal_lm(table, stored, directory)
 
     missing = [name for name in table if name not in stored]
-    missing_heads = [name for name in missing if name in _OTHER_HEADS]
+    missing_heads = [name for name in missing if name in OTHER_HEADS]
     if len(missing) > len(missing_heads):
         raise CheckpointError(
             f"checkpoint in {directory} lacks {len(missing) - len(missing_heads)} tensors this model "
-            f"needs, e.g. {[n for n in missing if n not in _OTHER_HEADS][:5]}: is config.json from another model?"
+            f"needs, e.g. {[n for n in missing if n not in OTHER_HEADS][:5]}: is config.json from another model?"
         )
-    unexpected = [stored[name] for name in stored if name not in table and name not in _OTHER_HEADS]
+    unexpected = [stored[name] for name in stored if name not in table and name not in OTHER_HEADS]
     if unexpected:
         raise CheckpointError(
             f"checkpoint in {directory} has {len(unexpected)} tensors this model does not know, "
@@ -126,7 +72,7 @@ def load_weights(model, directory, progress=True, ignore_mismatched_sizes=False)
         variable = getattr(layer, attribute)
         expected = tuple(variable.shape)[::-1] if transposed else tuple(variable.shape)
         dtype, file_shape = located[stored[name]].tensors[stored[name]][:2]
-        if file_shape != expected and ignore_mismatched_sizes and name in _OTHER_HEADS:
+        if file_shape != expected and ignore_mismatched_sizes and name in OTHER_HEADS:
             todo.remove(name)
             _initialise(layer, attribute)
             warnings.warn(
@@ -138,7 +84,7 @@ def load_weights(model, directory, progress=True, ignore_mismatched_sizes=False)
         if file_shape != expected:
             raise CheckpointError(
                 f"tensor {stored[name]!r} has shape {file_shape} in the checkpoint but the config "
-                f"implies {expected}; {_shape_hint(name, file_shape, model.config)}"
+                f"implies {expected}; {shape_hint(name, file_shape, model.config)}"
             )
         if dtype.kind not in "fV":
             raise CheckpointError(f"tensor {stored[name]!r} is stored as {dtype}, not a floating dtype")
@@ -279,55 +225,4 @@ def _stored_names(table, located):
         return {name: name for name in located}
     if theirs_prefixed:
         return {name[len("model."):]: name for name in located if name.startswith("model.")}
-    return {(name if name in _OTHER_HEADS else "model." + name): name for name in located}
-
-
-# ----------------------------------------------------------------------------------------------
-# Writing
-
-_CHECKPOINT_DTYPES = ("float32", "bfloat16", "float16")
-
-
-def _saved_value(layer, attribute):
-    """What `save_weights` writes for one attribute: a LoRA-enabled kernel merged in float32."""
-    if attribute == "kernel" and getattr(layer, "lora_enabled", False):
-        from tf_mistral.training.lora import merged_kernel
-
-        return merged_kernel(layer)
-    return getattr(layer, attribute)
-
-
-def save_weights(model, directory, max_shard_size="5GB", dtype=None, progress=True):
-    """Writes the weights in HF layout, then `config.json` (see `MistralPreTrainedModel.save_pretrained`).
-
-    Everything is checked before the folder is touched: a quantized model, a `dtype` other than
-    float32 / bfloat16 / float16, a `max_shard_size` that is not a size."""
-    for layer in model._flatten_layers():
-        if getattr(layer, "quantization_mode", None):
-            raise ValueError(
-                "save_pretrained writes floating-point HF checkpoints; this model is quantized "
-                f"({layer.name}: {layer.quantization_mode}). Save the float model before quantize(), "
-                "or export the quantized model with `tf-mistral export tflite --quantize int8`."
-            )
-    if dtype is not None and keras.backend.standardize_dtype(dtype) not in _CHECKPOINT_DTYPES:
-        raise ValueError(
-            f"a checkpoint holds float32, bfloat16 or float16 weights, not {dtype!r}; for int8 or int4, "
-            "quantize() after loading, or export with `tf-mistral export tflite --quantize int8`"
-        )
-    parse_size(max_shard_size)
-    target = None if dtype is None else numpy_dtype(dtype)
-    entries = []
-    for name, (layer, attribute, transposed) in checkpoint_table(model).items():
-        value = _saved_value(layer, attribute)
-        out_dtype = target or numpy_dtype(value.dtype)
-        shape = tuple(value.shape)[::-1] if transposed else tuple(value.shape)
-
-        def fetch(layer=layer, attribute=attribute, transposed=transposed, out_dtype=out_dtype):
-            array = keras.ops.convert_to_numpy(_saved_value(layer, attribute))
-            return np.ascontiguousarray(array.T if transposed else array, dtype=out_dtype)
-
-        entries.append(TensorEntry(name, out_dtype, shape, fetch))
-    write_checkpoint(directory, entries, max_shard_size=max_shard_size, progress=progress)
-    saved_dtype = keras.backend.standardize_dtype(entries[0].dtype.name)
-    config = dataclasses.replace(model.config, torch_dtype=saved_dtype)
-    config.save(directory, architecture=model.hf_architecture)
+    return {(name if name in OTHER_HEADS else "model." + name): name for name in located}

@@ -24,13 +24,17 @@ Generation, batch 1:
    XLA as in `generate`, so a seed gives `generate`'s tokens.
 
 Without a sliding window every fed position needs its own slot: prompt + new tokens - 1 <= T.
+
+Imports: LiteRT alone runs `prefill` / `decode`; TensorFlow (the sampler, the tokenizer) is
+imported inside `generate` and `tokenizer`, on first use, so that a run that only decodes holds
+little more memory than the mapped file (a 7B int8 file: docs/scale.md).
 """
 
+from collections.abc import Mapping
 import json
 import os
 import tempfile
 import zlib
-from collections.abc import Mapping
 
 import numpy as np
 
@@ -225,19 +229,15 @@ class TFLiteRunner:
 
     # ---- generation -----------------------------------------------------------------------------
 
-    def check_length(self, prompt_length, max_new_tokens):
-        """Raises ValueError when a generation cannot fit the cache or the position range."""
+    def check_cache_slots(self, prompt_length, max_new_tokens):
+        """Raises ValueError when a generation needs more cache slots than the file has (a model
+        without a sliding window keeps every fed position)."""
         fed = prompt_length + max_new_tokens - 1
         if self.sliding_window is None and fed > self.cache_length:
             raise ValueError(
                 f"prompt ({prompt_length} tokens) + max_new_tokens ({max_new_tokens}) needs {fed} cache slots, "
                 f"but {os.path.basename(self.path)} has {self.cache_length} and no sliding window: shorten "
                 f"the prompt, lower max_new_tokens, or re-export with --cache-length {fed} or more"
-            )
-        if self.max_positions is not None and fed > self.max_positions:
-            raise ValueError(
-                f"prompt ({prompt_length}) + max_new_tokens ({max_new_tokens}) exceeds the model's "
-                f"max_position_embeddings ({self.max_positions})"
             )
 
     def generate(
@@ -270,33 +270,43 @@ class TFLiteRunner:
         import tensorflow as tf
 
         from tf_mistral.generation.config import GenerationConfig
-        from tf_mistral.generation.sampling import SamplingMode, next_tokens, validate_sampling, validate_seed
+        from tf_mistral.generation.request import (
+            as_int_matrix,
+            check_prompt,
+            new_token_count,
+            sampling_mode,
+            streamer_calls,
+        )
+        from tf_mistral.generation.sampling import next_tokens, validate_sampling, validate_seed
 
         GenerationConfig().merged(**settings).refuse_unsupported("TFLiteRunner.generate", RUNNER_SETTINGS)
-        prompt = np.asarray(input_ids).reshape(-1).astype(np.int64)
-        if prompt.size == 0:
-            raise ValueError("the prompt is empty: give at least one token (e.g. the BOS id 1)")
-        if prompt.min() < 0 or prompt.max() >= self.vocab_size:
-            raise ValueError(f"token ids must be in [0, {self.vocab_size}), got {prompt.min()} .. {prompt.max()}")
-        if not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
+        prompt = as_int_matrix(input_ids, "input_ids")
+        if prompt.shape[0] != 1:
+            raise ValueError(
+                f"TFLiteRunner.generate continues one prompt, got {prompt.shape[0]} rows: call it once per prompt"
+            )
+        check_prompt(prompt, np.ones_like(prompt), self.vocab_size)
+        prompt = prompt[0].astype(np.int64)
+        max_new_tokens = new_token_count(max_new_tokens, None, prompt.size, prompt.size, self.max_positions)
         validate_sampling(do_sample, temperature, top_k, top_p)
         validate_seed(seed)
-        self.check_length(prompt.size, int(max_new_tokens))
+        self.check_cache_slots(prompt.size, max_new_tokens)
         eos = self.eos_token_ids if eos_token_id == "auto" else tuple(np.atleast_1d(eos_token_id or []).tolist())
-        mode = SamplingMode(do_sample, int(top_k or 0) if do_sample else 0, bool(do_sample and top_p < 1.0))
+        mode = sampling_mode(do_sample, top_k, top_p)
         sampling = (tf.constant(float(temperature)), tf.constant(float(top_p)), tf.constant(int(seed)))
         if mode not in self._samplers:  # XLA, as in `generate`: XLA's stateless RNG differs from TF's kernels
             self._samplers[mode] = tf.function(
-                lambda logits, temperature, top_p, seed, step: next_tokens(logits, mode, temperature, top_p, seed, step),
+                lambda logits, temperature, top_p, seed, step: next_tokens(
+                    logits, mode, temperature, top_p, seed, step
+                ),
                 jit_compile=True,
             )
         sample = self._samplers[mode]
 
-        put = None if streamer is None else getattr(streamer, "put", streamer)
+        put, end = streamer_calls(streamer)
         cache = self.prefill(prompt[:-1], self.empty_cache(), 0)
         token, position, new = int(prompt[-1]), prompt.size - 1, []
-        for step in range(int(max_new_tokens)):
+        for step in range(max_new_tokens):
             logits, cache = self.decode(token, cache, position)
             token = int(sample(logits[None], *sampling, tf.constant(step))[0])
             new.append(token)
@@ -305,8 +315,8 @@ class TFLiteRunner:
             if token in eos:
                 break
             position += 1
-        if hasattr(streamer, "end"):
-            streamer.end()
+        if end is not None:
+            end()
         return np.concatenate([prompt, np.array(new, np.int64)]).astype(np.int32)
 
     @property
