@@ -8,11 +8,13 @@ becomes
     flat[S] = RESHAPE(ids);  rows[S, H] = EMBEDDING_LOOKUP(flat, table);  out = RESHAPE(rows)
 """
 
+from collections.abc import Sequence
+
 from ai_edge_litert import schema_py_generated as schema
 import numpy as np
 
 
-def builtin_name(model, op):
+def builtin_name(model: schema.ModelT, op: schema.OperatorT) -> str:
     """The builtin operator name of `op` (`"FULLY_CONNECTED"`), or `CUSTOM:<name>`."""
     code = model.operatorCodes[op.opcodeIndex]
     number = max(code.builtinCode, code.deprecatedBuiltinCode)
@@ -24,7 +26,7 @@ def builtin_name(model, op):
 _BUILTIN_NAMES = {value: name for name, value in vars(schema.BuiltinOperator).items() if not name.startswith("_")}
 
 
-def opcode_index(model, builtin):
+def opcode_index(model: schema.ModelT, builtin: int) -> int:
     """Index of the operator code for `builtin`, added to the model if missing."""
     for index, code in enumerate(model.operatorCodes):
         if max(code.builtinCode, code.deprecatedBuiltinCode) == builtin:
@@ -35,7 +37,7 @@ def opcode_index(model, builtin):
     return len(model.operatorCodes) - 1
 
 
-def add_buffer(model, data=None):
+def add_buffer(model: schema.ModelT, data: np.ndarray | None = None) -> int:
     """A new buffer (inline `data` bytes, or none yet); returns its index."""
     buffer = schema.BufferT()
     if data is not None:
@@ -44,7 +46,7 @@ def add_buffer(model, data=None):
     return len(model.buffers) - 1
 
 
-def add_tensor(subgraph, name, shape, tensor_type, buffer=0):
+def add_tensor(subgraph: schema.SubGraphT, name: str, shape: Sequence[int], tensor_type: int, buffer: int = 0) -> int:
     """A new tensor of `subgraph` (name unique in the model); returns its index."""
     tensor = schema.TensorT()
     tensor.name, tensor.shape, tensor.type, tensor.buffer = name.encode(), list(shape), tensor_type, buffer
@@ -52,7 +54,7 @@ def add_tensor(subgraph, name, shape, tensor_type, buffer=0):
     return len(subgraph.tensors) - 1
 
 
-def dequantize_op(model, source, target):
+def dequantize_op(model: schema.ModelT, source: int, target: int) -> schema.OperatorT:
     """DEQUANTIZE `source` (float16, or int8 with its quantization) into float32 `target`."""
     op = schema.OperatorT()
     op.opcodeIndex = opcode_index(model, schema.BuiltinOperator.DEQUANTIZE)
@@ -73,7 +75,9 @@ def _reshape_op(model, subgraph, source, target, shape, name):
     return op
 
 
-def embedding_lookup_ops(model, subgraph, gather, prefix):
+def embedding_lookup_ops(
+    model: schema.ModelT, subgraph: schema.SubGraphT, gather: schema.OperatorT, prefix: str
+) -> list[schema.OperatorT]:
     """The three ops (RESHAPE, EMBEDDING_LOOKUP, RESHAPE) that replace a token-embedding GATHER
     (axis 0, table first); `prefix` names the new tensors (unique in the model)."""
     if gather.builtinOptions.axis != 0:

@@ -7,7 +7,7 @@ class Progress:
     """Prints `[label] stage (elapsed s, peak RSS GB)` (unless `enabled` is False) and keeps each
     stage in `stages` as `(stage, seconds, peak RSS GB)`."""
 
-    def __init__(self, label, enabled=True):
+    def __init__(self, label: str, enabled: bool = True) -> None:
         self.label = label
         self.enabled = enabled
         self.started = time.perf_counter()
@@ -20,7 +20,7 @@ class Progress:
                   f"peak RSS {self.stages[-1][2]:.2f} GB)", flush=True)
 
 
-def peak_rss_gb():
+def peak_rss_gb() -> float:
     """Peak resident memory of this process so far, in GB: Linux's VmHWM (unlike `ru_maxrss`, it
     does not inherit the peak of the process that forked this one); elsewhere `ru_maxrss`."""
     try:

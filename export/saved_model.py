@@ -19,10 +19,12 @@ on TF Serving only when the server is started with `--xla_cpu_compilation_enable
 Signatures are described in `tf_mistral.export.serving_signatures`.
 """
 
+from collections.abc import Iterable
 import gc
 import json
 import os
 import shutil
+from typing import Any
 
 import tensorflow as tf
 from tensorflow.core.protobuf import saved_model_pb2
@@ -31,7 +33,7 @@ import tf_mistral
 from tf_mistral.export import serving_signatures
 from tf_mistral.export.progress import Progress, peak_rss_gb
 from tf_mistral.export.saved_model_versions import publish, remove_dead_exports, resolve_version, staging_folder
-from tf_mistral.tokenizer import load_tokenizer
+from tf_mistral.tokenizer import MistralTokenizer, load_tokenizer
 
 DTYPES = ("float32", "bfloat16", "float16")
 DEFAULT_MAX_LENGTH = 4096
@@ -46,7 +48,7 @@ _ARCHITECTURES = {
 # The graph's ops
 
 
-def saved_model_ops(path):
+def saved_model_ops(path: str | os.PathLike) -> set[str]:
     """Op types of every node in a SavedModel's graph and its function library (all functions)."""
     proto = saved_model_pb2.SavedModel()
     with open(os.path.join(path, "saved_model.pb"), "rb") as file:
@@ -62,7 +64,7 @@ def saved_model_ops(path):
     return ops
 
 
-def xla_ops(ops):
+def xla_ops(ops: Iterable[str]) -> list[str]:
     """The ops of `ops` that are XLA's (`Xla*`, `_Xla*`): stock TF Serving runs them only via XLA."""
     return sorted(op for op in ops if op.startswith(("Xla", "_Xla")))
 
@@ -107,17 +109,17 @@ def _check_lengths(config, max_length, max_new_tokens):
 
 
 def export_saved_model(
-    checkpoint,
-    output,
-    version=None,
-    max_length=DEFAULT_MAX_LENGTH,
-    max_new_tokens=DEFAULT_MAX_NEW_TOKENS,
-    dtype="bfloat16",
-    xla=False,
-    tokenizer=None,
-    overwrite=False,
-    progress=True,
-):
+    checkpoint: "str | os.PathLike | tf_mistral.TFMistralForCausalLM | tf_mistral.TFMistralForSequenceClassification",
+    output: str | os.PathLike,
+    version: int | None = None,
+    max_length: int = DEFAULT_MAX_LENGTH,
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+    dtype: str = "bfloat16",
+    xla: bool = False,
+    tokenizer: MistralTokenizer | str | os.PathLike | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
     """Exports a checkpoint as a TF Serving SavedModel at `output/VERSION/`.
 
     Args:

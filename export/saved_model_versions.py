@@ -13,14 +13,14 @@ from tf_mistral.atomic import pid_alive
 _TEMPORARY = re.compile(r"\.(tmp|old)-\d+-(?P<pid>\d+)-\w+")  # an export's staging or retired folder
 
 
-def existing_versions(base):
+def existing_versions(base: str | os.PathLike) -> list[int]:
     """Sorted version numbers under `base` (folders named by an integer, as TF Serving reads them)."""
     if not os.path.isdir(base):
         return []
     return sorted(int(name) for name in os.listdir(base) if name.isdigit() and os.path.isdir(os.path.join(base, name)))
 
 
-def resolve_version(base, version, overwrite):
+def resolve_version(base: str | os.PathLike, version: int | None, overwrite: bool) -> int:
     """The version to write: `version`, or one above the highest existing (1 when none)."""
     versions = existing_versions(base)
     if version is None:
@@ -35,7 +35,7 @@ def resolve_version(base, version, overwrite):
     return version
 
 
-def staging_folder(base, version):
+def staging_folder(base: str | os.PathLike, version: int) -> str:
     """A new hidden folder `base/.tmp-VERSION-PID-XXXXXXXX` to write the export into (readable by
     a server running as another user); the pid tells later exports whether it is still in use."""
     staging = tempfile.mkdtemp(prefix=f".tmp-{version}-{os.getpid()}-", dir=base)
@@ -43,7 +43,7 @@ def staging_folder(base, version):
     return staging
 
 
-def remove_dead_exports(base):
+def remove_dead_exports(base: str | os.PathLike) -> list[str]:
     """Removes the staging (`.tmp-VERSION-PID-*`) and retired (`.old-VERSION-PID-*`) folders under
     `base` whose process no longer runs: what exports killed midway left. Returns their names."""
     if not os.path.isdir(base):
@@ -55,7 +55,7 @@ def remove_dead_exports(base):
     return dead
 
 
-def publish(staging, base, version):
+def publish(staging: str | os.PathLike, base: str | os.PathLike, version: int) -> str:
     """Renames the finished `staging` folder to `base/version`; an old version is moved aside
     first and deleted after (the only moment TF Serving may find the version missing)."""
     target = os.path.join(base, str(version))

@@ -14,6 +14,7 @@ Use it to try requests without a server, and to check the requests in docs/servi
 """
 
 import base64
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
@@ -56,7 +57,7 @@ def _status_message(message):
     return next((line for line in lines if line.startswith("assertion failed")), lines[0] if lines else "")
 
 
-def predict(loaded, body):
+def predict(loaded: Any, body: dict[str, Any]) -> dict[str, Any]:
     """The reply dict for a REST predict request `body` (dict) to the SavedModel `loaded`."""
     signature = loaded.signatures[body.get("signature_name", "serving_default")]
     specs = signature.structured_input_signature[1]

@@ -39,6 +39,7 @@ token_ids: the new tokens, `N` = the most any row made; a row that ended (</s>) 
 pad id after its </s>. num_tokens: tokens each row made, its </s> included.
 """
 
+import keras
 import tensorflow as tf
 
 from tf_mistral import cache as kv_cache
@@ -46,6 +47,7 @@ from tf_mistral.chat import encode_chat_tensors
 from tf_mistral.generation import buckets, loop
 from tf_mistral.generation.request import default_pad_token_id, left_align
 from tf_mistral.generation.sampling import RUNTIME, SamplingMode
+from tf_mistral.tokenizer import MistralTokenizer
 
 _KNOBS = {
     "max_new_tokens": tf.TensorSpec([], tf.int32, name="max_new_tokens"),
@@ -61,12 +63,12 @@ def _function(python_function, signature, jit_compile=False):
     return tf.function(python_function, input_signature=[signature], autograph=False, jit_compile=jit_compile)
 
 
-def valid_utf8(texts):
+def valid_utf8(texts: tf.Tensor) -> tf.Tensor:
     """tf.string -> the same with every invalid UTF-8 sequence replaced by U+FFFD."""
     return tf.strings.unicode_transcode(texts, "UTF-8", "UTF-8", errors="replace", replacement_char=0xFFFD)
 
 
-def keep_last(ids, count):
+def keep_last(ids: tf.RaggedTensor, count: int | tf.Tensor) -> tf.RaggedTensor:
     """int32 RaggedTensor [batch, None] -> each row's last `count` ids (count: int scalar >= 0)."""
     lengths = ids.row_lengths()
     kept = tf.ragged.range(tf.maximum(lengths - tf.cast(count, lengths.dtype), 0), lengths)
@@ -105,7 +107,10 @@ class GenerationSignatures(_Signatures):
             every request has the longest cache, `cache_length`.
     """
 
-    def __init__(self, model, tokenizer, max_length, max_new_tokens, xla=False):
+    def __init__(
+        self, model: keras.Model, tokenizer: MistralTokenizer, max_length: int, max_new_tokens: int,
+        xla: bool = False,
+    ) -> None:
         super().__init__(model, tokenizer, max_length, name="mistral_generation")
         config = model.config
         self.max_new_tokens = int(max_new_tokens)
@@ -260,7 +265,9 @@ class ClassificationSignatures(_Signatures):
     right, and scored by the model's full forward (no cache).
     """
 
-    def __init__(self, model, tokenizer, max_length):
+    def __init__(
+        self, model: keras.Model, tokenizer: MistralTokenizer, max_length: int
+    ) -> None:
         super().__init__(model, tokenizer, max_length, name="mistral_classification")
         config = model.config
         self.label_names = tf.constant([config.id2label[i] for i in range(config.num_labels)])
@@ -268,7 +275,7 @@ class ClassificationSignatures(_Signatures):
             self._classify, {"texts": tf.TensorSpec([None], tf.string, name="texts")}
         )
 
-    def signatures(self):
+    def signatures(self) -> dict[str, tf.types.experimental.ConcreteFunction]:
         """`classify`, also as `serving_default`."""
         signatures = super().signatures()
         return {"serving_default": signatures["classify"], **signatures}

@@ -31,10 +31,12 @@ inputs constant buffers and streams the (quantized) weights into the file one te
 (`tflite_weights.py`). An export holds one float32 tensor at a time: a 7B export needs a few GB.
 """
 
+from collections.abc import Callable, Iterable, Mapping
 import dataclasses
 import os
 import shutil
 import tempfile
+from typing import Any
 
 import keras
 import numpy as np
@@ -57,6 +59,7 @@ from tf_mistral.export.tflite_weights import EMBEDDING, WEIGHT_INPUT_PREFIX, nor
 from tf_mistral.models.causal_lm import TFMistralForCausalLM
 from tf_mistral.safetensors_io import CheckpointError, open_checkpoint
 from tf_mistral.tflite_runner import weight_cache_path, write_sidecar
+from tf_mistral.tokenizer import MistralTokenizer
 
 _ENCODING = {
     "none": "float32 weights",
@@ -66,12 +69,14 @@ _ENCODING = {
 }
 
 
-def cache_names(num_layers):
+def cache_names(num_layers: int) -> list[tuple[str, str]]:
     """`[(kv_cache_k_0, kv_cache_v_0), ...]`: the cache tensor names of every layer."""
     return [(f"kv_cache_k_{i}", f"kv_cache_v_{i}") for i in range(num_layers)]
 
 
-def resolve_lengths(config, cache_length, prefill_lengths):
+def resolve_lengths(
+    config: MistralConfig, cache_length: int, prefill_lengths: Iterable[int] | None
+) -> tuple[int, list[int]]:
     """The cache slots T and the sorted prefill lengths, or a ValueError saying what to change.
 
     T is `min(cache_length, sliding_window)` (a rolling buffer, as in `generate`). Explicit prefill
@@ -135,7 +140,7 @@ def _checked_inputs(tokens, input_pos, config, slots):
     return tf.clip_by_value(tokens, 0, config.vocab_size - 1), poison
 
 
-def weightless_model(config):
+def weightless_model(config: MistralConfig) -> TFMistralForCausalLM:
     """A float32 `TFMistralForCausalLM` whose variables hold no memory (created uninitialised in
     a `StatelessScope`): it can only run inside a scope that maps every variable to a tensor.
 
@@ -149,7 +154,7 @@ def weightless_model(config):
     return model
 
 
-def weight_binding(model):
+def weight_binding(model: TFMistralForCausalLM) -> Callable[[Mapping[str, tf.Tensor]], keras.StatelessScope]:
     """`bind(inputs) -> StatelessScope` mapping each variable of `model` to its graph input.
 
     Projections read `inputs["weight_<HF name>"]` (dots as underscores) in HF layout `[out, in]`
@@ -175,7 +180,9 @@ def weight_binding(model):
     return bind
 
 
-def signature_functions(model, slots, prefill_lengths):
+def signature_functions(
+    model: TFMistralForCausalLM, slots: int, prefill_lengths: Iterable[int]
+) -> dict[str, tf.types.experimental.ConcreteFunction]:
     """`{signature name: concrete function}` for `prefill_{N}` and `decode` of a weightless model.
 
     Each function takes one dict: `tokens`, `input_pos`, the `kv_cache_*` tensors, and a float32
@@ -231,7 +238,7 @@ def signature_functions(model, slots, prefill_lengths):
     return functions
 
 
-def convert_graph(functions):
+def convert_graph(functions: Mapping[str, tf.types.experimental.ConcreteFunction]) -> bytes:
     """The TF converter's flatbuffer of the weightless signatures (builtin ops only)."""
     workdir = tempfile.mkdtemp(prefix="tf_mistral_tflite_")
     try:
@@ -248,7 +255,7 @@ def convert_graph(functions):
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def operator_names(model_content):
+def operator_names(model_content: bytes) -> set[str]:
     """Names of the operators a flatbuffer uses: builtin names, or `CUSTOM:<name>` (Flex ops are
     custom ops named `Flex...`)."""
     builtin = {value: name for name, value in vars(schema.BuiltinOperator).items() if not name.startswith("_")}
@@ -264,14 +271,16 @@ def operator_names(model_content):
     return names
 
 
-def check_builtin_ops(model_content):
+def check_builtin_ops(model_content: bytes) -> None:
     """Raises ValueError when the model has custom or Flex (TF) ops that stock LiteRT lacks."""
     custom = sorted(name for name in operator_names(model_content) if name.startswith("CUSTOM:"))
     if custom:
         raise ValueError(f"the TFLite model uses non-builtin ops {custom}; LiteRT(-LM) cannot run it as is")
 
 
-def weight_reader(checkpoint):
+def weight_reader(
+    checkpoint: str | os.PathLike | TFMistralForCausalLM
+) -> tuple[MistralConfig, Callable[[str], np.ndarray]]:
     """`(config, read)`: `read(hf_name)` gives one tensor of a checkpoint folder (in its stored
     dtype) or of a `TFMistralForCausalLM` (its variable, in HF layout); with tied embeddings,
     `lm_head.weight` is the embedding matrix (HF writes no `lm_head` then)."""
@@ -327,17 +336,17 @@ def _int4_block_size(plan, encodings, requested):
 
 
 def export_tflite(
-    checkpoint,
-    output,
-    quantize="none",
-    prefill_lengths=None,
-    cache_length=1024,
-    litertlm=False,
-    tokenizer=None,
-    progress=True,
-    int8_weights=(),
-    int4_block_size=None,
-):
+    checkpoint: str | os.PathLike | TFMistralForCausalLM,
+    output: str | os.PathLike,
+    quantize: str = "none",
+    prefill_lengths: Iterable[int] | None = None,
+    cache_length: int = 1024,
+    litertlm: bool = False,
+    tokenizer: MistralTokenizer | str | os.PathLike | None = None,
+    progress: bool = True,
+    int8_weights: Iterable[str] = (),
+    int4_block_size: int | None = None,
+) -> dict[str, Any]:
     """Converts a causal LM to a `.tflite` file with `prefill_{N}` and `decode` signatures.
 
     Args:

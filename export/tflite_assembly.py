@@ -14,6 +14,7 @@ are known from the shapes, so the flatbuffer is packed once, before any weight i
 scales, known only once a tensor is read, are then written into the packed scale vectors.
 """
 
+from collections.abc import Callable, Mapping, Sequence
 import os
 
 from ai_edge_litert import schema_py_generated as schema
@@ -109,7 +110,9 @@ def _int8_quantization(count):
     return quantization
 
 
-def bind_weights(model, plan, encodings, int4_block_size):
+def bind_weights(
+    model: schema.ModelT, plan: Sequence[weights_mod.Weight], encodings: Mapping[str, str], int4_block_size: int
+) -> list[_Bound]:
     """Binds every weight input of every signature of `model` (a `ModelT`), each weight in its
     encoding (`{HF name: encoding}`; int4 in blocks of `int4_block_size`); returns `[_Bound]` in
     plan order. Raises ValueError when a signature lacks a weight or has an unknown input."""
@@ -160,7 +163,10 @@ def _encode(array, bound):
     return data, scales, None
 
 
-def write_model(converted, plan, encodings, read, output, int4_block_size, progress=True):
+def write_model(
+    converted: bytes, plan: Sequence[weights_mod.Weight], encodings: Mapping[str, str],
+    read: Callable[[str], np.ndarray], output: str | os.PathLike, int4_block_size: int, progress: bool = True,
+) -> tuple[bytes, int]:
     """Writes the `.tflite` file at `output` (atomically: `output.partial`, then renamed).
 
     Args:

@@ -25,10 +25,13 @@ An int4 export can keep some weights in int8 (`int8_weights`, e.g. the embedding
 each weight has its own encoding (`weight_encodings`), and LiteRT picks each op's kernel from it.
 """
 
+from collections.abc import Callable, Iterable, Sequence
 import dataclasses
 
 import ml_dtypes
 import numpy as np
+
+from tf_mistral.config import MistralConfig
 
 EMBEDDING = "model.embed_tokens.weight"
 WEIGHT_INPUT_PREFIX = "weight_"  # the graph inputs that carry weights: weight_model_layers_0_mlp_up_proj_weight
@@ -54,12 +57,12 @@ class Weight:
     norm: str | None = None
 
     @property
-    def input_name(self):
+    def input_name(self) -> str:
         """The graph input that carries this weight until the assembly binds it."""
         return WEIGHT_INPUT_PREFIX + self.name.replace(".", "_")
 
 
-def weight_plan(config):
+def weight_plan(config: MistralConfig) -> list[Weight]:
     """`[Weight]` of a causal LM with `config`: the embedding, each layer's projections, `lm_head`."""
     hidden, inner, head = config.hidden_size, config.intermediate_size, config.head_dim
     shapes = {
@@ -82,7 +85,7 @@ def weight_plan(config):
     return plan
 
 
-def weight_encodings(plan, quantize, int8_weights=()):
+def weight_encodings(plan: Sequence[Weight], quantize: str, int8_weights: Iterable[str] | None = ()) -> dict[str, str]:
     """`{HF name: encoding}` for the weights of `plan`: `quantize` for each, but "int8" for those of
     an int4 export whose name contains one of `int8_weights` ("lm_head", "embed_tokens",
     "mlp.down_proj", "layers.0."). Raises ValueError for an entry that names no weight, or for
@@ -98,13 +101,13 @@ def weight_encodings(plan, quantize, int8_weights=()):
     return {w.name: "int8" if any(part in w.name for part in int8_weights) else quantize for w in plan}
 
 
-def norm_names(config):
+def norm_names(config: MistralConfig) -> list[str]:
     """HF names of the RMSNorm weights (folded into projections, bound to ones in the graph)."""
     names = [f"model.layers.{i}.{norm}.weight" for i in range(config.num_hidden_layers) for norm in _NORM_READERS]
     return names + ["model.norm.weight"]
 
 
-def float_weight(read, weight):
+def float_weight(read: Callable[[str], np.ndarray], weight: Weight) -> np.ndarray:
     """float32 `weight.shape`: the tensor `read(name)` returns, its norm folded in."""
     array = np.asarray(read(weight.name), dtype=np.float32)
     if array.shape != weight.shape:
@@ -118,13 +121,13 @@ def float_weight(read, weight):
 # Encodings: the byte sizes (known before any tensor is read) and the bytes
 
 
-def data_nbytes(shape, quantize):
+def data_nbytes(shape: Sequence[int], quantize: str) -> int:
     """Bytes of one weight's main buffer."""
     count = int(np.prod(shape))
     return {"none": 4 * count, "fp16": 2 * count, "int8": count, "int4": (count + 1) // 2}[quantize]
 
 
-def int4_scales_shape(shape, block_size):
+def int4_scales_shape(shape: Sequence[int], block_size: int) -> tuple[int, int]:
     """`[rows, columns / block_size]`: one scale per block of `block_size` along the input axis."""
     rows, columns = shape
     if columns % block_size:
@@ -132,26 +135,26 @@ def int4_scales_shape(shape, block_size):
     return rows, columns // block_size
 
 
-def encode_float16(array):
+def encode_float16(array: np.ndarray) -> np.ndarray:
     """float16 bytes of float32 `array`."""
     return array.astype(np.float16)
 
 
-def encode_int8_rows(array):
+def encode_int8_rows(array: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """`(int8 [rows, columns], float32 scales [rows])`: symmetric, one scale per row, q in [-127, 127]."""
     bound = np.abs(array).max(axis=1)
     scales = np.where(bound > 0, bound / 127.0, 1.0).astype(np.float32)
     return _round_to_int(array / scales[:, None], -127, 127), scales
 
 
-def encode_int8_tensor(array):
+def encode_int8_tensor(array: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """`(int8 array, float32 scale [1])`: symmetric, one scale for the whole tensor."""
     bound = float(np.abs(array).max())
     scale = np.float32(bound / 127.0 if bound > 0 else 1.0)
     return _round_to_int(array / scale, -127, 127), np.array([scale], np.float32)
 
 
-def encode_int4_blocks(array, block_size):
+def encode_int4_blocks(array: np.ndarray, block_size: int) -> tuple[np.ndarray, np.ndarray]:
     """`(packed uint8 [rows * columns / 2], float16 scales [rows, columns / block_size])`.
 
     Symmetric per block of `block_size` values along the input axis: scale = max |w| / 7 (at least 1e-9 / 7),

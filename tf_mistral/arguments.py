@@ -25,33 +25,33 @@ def _checked(convert, text, valid, expected):
     return value
 
 
-def positive_int(text):
+def positive_int(text: str) -> int:
     """argparse type: an integer >= 1."""
     return _checked(int, text, lambda value: value >= 1, "a positive integer")
 
 
-def non_negative_int(text):
+def non_negative_int(text: str) -> int:
     """argparse type: an integer >= 0."""
     return _checked(int, text, lambda value: value >= 0, "an integer >= 0")
 
 
-def positive_float(text):
+def positive_float(text: str) -> float:
     """argparse type: a finite number > 0 (not nan, not inf)."""
     return _checked(float, text, lambda value: math.isfinite(value) and value > 0, "a finite number > 0")
 
 
-def probability(text):
+def probability(text: str) -> float:
     """argparse type: a number in (0, 1]."""
     return _checked(float, text, lambda value: 0 < value <= 1, "a number in (0, 1]")
 
 
-def seed(text):
+def seed(text: str) -> int:
     """argparse type: an integer in `SEEDS`, [-2**31, 2**31 - 1] (the RNG would wrap a larger one)."""
     return _checked(int, text, lambda value: value in SEEDS,
                     f"an integer in [{SEEDS.start}, {SEEDS.stop - 1}] (the RNG's int32 key)")
 
 
-def parse_size(size):
+def parse_size(size: int | str) -> int:
     """Bytes from a positive int or a string such as "5GB", "100MB", "500KB", "2GiB"."""
     if isinstance(size, int) and not isinstance(size, bool):
         number = size
@@ -66,7 +66,7 @@ def parse_size(size):
     return number
 
 
-def shard_size(text):
+def shard_size(text: str) -> str:
     """argparse type: a size such as "5GB" or "500MB", checked, returned as given."""
     try:
         parse_size(text)
@@ -75,7 +75,7 @@ def shard_size(text):
     return text
 
 
-def comma_separated_ints(text):
+def comma_separated_ints(text: str) -> list[int]:
     """argparse type: "32,128,512" -> [32, 128, 512]."""
     try:
         values = [int(part) for part in text.split(",") if part.strip()]

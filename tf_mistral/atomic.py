@@ -2,9 +2,10 @@
 
 import json
 import os
+from typing import Any
 
 
-def write_json(path, value):
+def write_json(path: str | os.PathLike, value: Any) -> None:
     """Writes `value` as indented, key-sorted JSON at `path`: a temporary file `PATH.tmp-PID`,
     flushed to disk, then renamed over `path`, so a reader sees the old file or the new one."""
     temporary = f"{path}.tmp-{os.getpid()}"
@@ -20,7 +21,7 @@ def write_json(path, value):
         raise
 
 
-def remove(path):
+def remove(path: str | os.PathLike) -> None:
     """Removes the file at `path` if it is there."""
     try:
         os.remove(path)
@@ -28,7 +29,7 @@ def remove(path):
         pass
 
 
-def pid_alive(pid):
+def pid_alive(pid: int) -> bool:
     """Whether process `pid` is running (on this machine): a leftover named with the pid of a
     process that is not is stale."""
     try:

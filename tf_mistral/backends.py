@@ -11,10 +11,13 @@ side by side:
 each new id as it is made (the SavedModel returns all ids at once, then calls it for each).
 """
 
+from collections.abc import Callable
 import dataclasses
 import os
 import time
+from typing import Any, TextIO
 
+import keras
 import numpy as np
 import tensorflow as tf
 import tensorflow_text  # noqa: F401  (registers the tokenizer's ops a SavedModel holds)
@@ -22,6 +25,8 @@ import tensorflow_text  # noqa: F401  (registers the tokenizer's ops a SavedMode
 from tf_mistral.export.saved_model_versions import existing_versions
 from tf_mistral.generation.config import GenerationConfig
 from tf_mistral.generation.generate import TextStreamer
+from tf_mistral.tflite_runner import TFLiteRunner
+from tf_mistral.tokenizer import MistralTokenizer
 
 SAMPLING_DEFAULTS = dict(max_new_tokens=64, do_sample=False, temperature=1.0, top_k=0, top_p=1.0, seed=0)
 # The Keras model honours every `GenerationConfig` setting but those that change what a call
@@ -47,7 +52,7 @@ class Result:
     second_token_seconds: float = None
 
     @property
-    def tokens_per_second(self):
+    def tokens_per_second(self) -> float:
         """Decode speed: the tokens after the second over the time after it (after the first when
         only that is known; all over all when neither is)."""
         count = len(self.new_ids)
@@ -56,7 +61,7 @@ class Result:
                 return (count - seen) / (self.seconds - since)
         return count / self.seconds if self.seconds > 0 else float("nan")
 
-    def summary(self):
+    def summary(self) -> str:
         """"64 tokens in 3.1 s (first after 1.2 s, second after 1.9 s, then 52.3 tokens/s)"."""
         head = f"{len(self.new_ids)} tokens in {self.seconds:.1f} s"
         if self.first_token_seconds is None:
@@ -99,7 +104,10 @@ def _sampling(overrides, runtime, supported=frozenset(SAMPLING_DEFAULTS)):
     return {**SAMPLING_DEFAULTS, **overrides}
 
 
-def keras_generate(model, prompt_ids, on_token=None, **sampling):
+def keras_generate(
+    model: keras.Model, prompt_ids: list[int], on_token: Callable[[int], None] | None = None,
+    **sampling: Any,
+) -> Result:
     """`model.generate` (XLA or a TF graph, as `generate` picks for the dtype) on one prompt,
     streaming; sampling as `generate`'s arguments."""
     sampling = _sampling(sampling, "keras_generate", KERAS_SETTINGS)
@@ -119,7 +127,9 @@ def _until_end(tokens, eos_token_ids):
     return tokens
 
 
-def tflite_generate(runner, prompt_ids, on_token=None, **sampling):
+def tflite_generate(
+    runner: TFLiteRunner, prompt_ids: list[int], on_token: Callable[[int], None] | None = None, **sampling: Any
+) -> Result:
     """`TFLiteRunner.generate` (LiteRT interpreter) on one prompt, streaming."""
     sampling = _sampling(sampling, "the TFLite runner")
     clock = _Clock(on_token)
@@ -127,7 +137,7 @@ def tflite_generate(runner, prompt_ids, on_token=None, **sampling):
     return clock.result(output[len(prompt_ids):])
 
 
-def find_saved_model(path):
+def find_saved_model(path: str | os.PathLike) -> str:
     """The SavedModel folder for `path`: the folder itself, or the highest numbered version inside
     a TF Serving model folder (`BASE/NAME`)."""
     path = os.fspath(path)
@@ -142,7 +152,7 @@ def find_saved_model(path):
     return os.path.join(path, str(versions[-1]))
 
 
-def load_saved_model(path):
+def load_saved_model(path: str | os.PathLike) -> Any:
     """`tf.saved_model.load` of `find_saved_model(path)`; checks it has the generation signatures."""
     folder = find_saved_model(path)
     loaded = tf.saved_model.load(folder)
@@ -155,7 +165,9 @@ def load_saved_model(path):
     return loaded
 
 
-def saved_model_generate(loaded, prompt_ids, on_token=None, **sampling):
+def saved_model_generate(
+    loaded: Any, prompt_ids: list[int], on_token: Callable[[int], None] | None = None, **sampling: Any
+) -> Result:
     """The SavedModel's `generate` signature (token ids in, token ids out) on one prompt.
 
     Sampling maps onto the signature's knobs: greedy is `temperature 0`. The export's
@@ -181,7 +193,10 @@ def saved_model_generate(loaded, prompt_ids, on_token=None, **sampling):
     return Result(new_ids, seconds)
 
 
-def print_generation(run, runtime, tokenizer, prompt_ids, file=None, **sampling):
+def print_generation(
+    run: Callable[..., Result], runtime: Any, tokenizer: MistralTokenizer, prompt_ids: list[int],
+    file: TextIO | None = None, **sampling: Any,
+) -> Result:
     """Runs `run` (`keras_generate`, `saved_model_generate` or `tflite_generate`) on `runtime`,
     printing the new text as it comes, then a newline; returns its `Result`."""
     printer = TextStreamer(tokenizer, prompt_ids=prompt_ids, file=file)

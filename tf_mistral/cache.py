@@ -10,7 +10,11 @@ it (`slot_positions`), and a negative position marks a slot never written. Posit
 columns of the (left-padded) batch; padding is masked by each row's `pad_start`.
 """
 
+from typing import Any
+
 from keras import ops
+
+from tf_mistral.config import MistralConfig
 
 # How `write` stores a 1-token chunk, chosen by whoever traces the graph (`cache_writes=`):
 # SLICE_WRITES: `slice_update`, TFLite's DYNAMIC_UPDATE_SLICE (in place) and XLA's fast path.
@@ -22,14 +26,14 @@ SLICE_WRITES, SCATTER_WRITES = "slice", "scatter"
 CACHE_WRITES = (SLICE_WRITES, SCATTER_WRITES)
 
 
-def cache_length(max_length, sliding_window):
+def cache_length(max_length: int, sliding_window: int | None) -> int:
     """Slots needed: the window when there is one (a rolling buffer), else `max_length`."""
     if sliding_window is None:
         return int(max_length)
     return int(min(max_length, sliding_window))
 
 
-def empty_cache(config, batch_size, length, dtype):
+def empty_cache(config: MistralConfig, batch_size: Any, length: Any, dtype: str) -> list[tuple[Any, Any]]:
     """A list of `num_hidden_layers` pairs `(K, V)` of zeros in the layout above."""
     k_shape = (batch_size, config.num_key_value_heads, length, config.head_dim)
     v_shape = (batch_size, config.num_key_value_heads, config.head_dim, length)
@@ -39,14 +43,14 @@ def empty_cache(config, batch_size, length, dtype):
     ]
 
 
-def slot_positions(start, length):
+def slot_positions(start: Any, length: Any) -> Any:
     """int32 `[length]`: the position each slot holds before writing at `start` (< 0: empty)."""
     last = ops.cast(start, "int32") - 1
     slots = ops.arange(length, dtype="int32")
     return last - ops.mod(last - slots, length)
 
 
-def writes_first(seq):
+def writes_first(seq: int | None) -> bool:
     """Whether a chunk of `seq` tokens (a static int, or None) is written before it attends.
 
     A single token (a decode step) is: it then attends to the updated cache alone, so the old
@@ -57,7 +61,7 @@ def writes_first(seq):
     return seq == 1
 
 
-def key_positions(query_positions, length):
+def key_positions(query_positions: Any, length: Any) -> Any:
     """int32 keys: the position of each key that a chunk at `query_positions` attends to.
 
     Args:
@@ -74,7 +78,9 @@ def key_positions(query_positions, length):
     return ops.concatenate([slot_positions(start, length), query_positions], axis=0)
 
 
-def write(k_cache, v_cache, k_new, v_new, start, cache_writes=SLICE_WRITES):
+def write(
+    k_cache: Any, v_cache: Any, k_new: Any, v_new: Any, start: Any, cache_writes: str = SLICE_WRITES
+) -> tuple[Any, Any]:
     """Writes a chunk of keys/values for positions `start .. start + seq - 1`.
 
     Args:

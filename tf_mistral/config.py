@@ -5,9 +5,11 @@ mistralai checkpoints carry, and the transformers v5 form (`rope_parameters.rope
 `to_dict()` writes the hub form by default, which every transformers version reads.
 """
 
+from collections.abc import Mapping
 import dataclasses
 import json
 import os
+from typing import Any
 
 from tf_mistral.atomic import write_json
 
@@ -111,7 +113,7 @@ class MistralConfig:
         self.label2id = {str(label): int(i) for label, i in self.label2id.items()}
         self.validate()
 
-    def validate(self):
+    def validate(self) -> None:
         """Raises ValueError naming the field when the hyper-parameters cannot form a model."""
         positive = (
             "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
@@ -145,7 +147,7 @@ class MistralConfig:
             raise ValueError(f"problem_type must be one of {PROBLEM_TYPES}, got {self.problem_type!r}")
 
     @property
-    def eos_token_ids(self):
+    def eos_token_ids(self) -> list[int]:
         """`eos_token_id` as a list (HF allows an int or a list)."""
         if self.eos_token_id is None:
             return []
@@ -154,14 +156,14 @@ class MistralConfig:
         return [int(self.eos_token_id)]
 
     @classmethod
-    def from_preset(cls, name, **overrides):
+    def from_preset(cls, name: str, **overrides: Any) -> "MistralConfig":
         """The config of a released checkpoint, e.g. `"mistral_7b_v0.1"` (see `PRESETS`)."""
         if name not in PRESETS:
             raise ValueError(f"unknown preset {name!r}; known presets: {', '.join(sorted(PRESETS))}")
         return cls(**dict(PRESETS[name], **overrides))
 
     @classmethod
-    def from_dict(cls, data):
+    def from_dict(cls, data: Mapping[str, Any]) -> "MistralConfig":
         """Builds a config from a parsed HF `config.json` (hub or transformers v5 form)."""
         data = dict(data)
         rope = data.get("rope_parameters") or {}
@@ -186,7 +188,7 @@ class MistralConfig:
         extra.update(data.get("extra") or {})
         return cls(**{k: v for k, v in data.items() if k in fields}, extra=extra)
 
-    def to_dict(self, form="hub", architecture="MistralForCausalLM"):
+    def to_dict(self, form: str = "hub", architecture: str = "MistralForCausalLM") -> dict[str, Any]:
         """The HF `config.json` content: `form="hub"` (rope_theta, torch_dtype) or `"v5"`."""
         if form not in ("hub", "v5"):
             raise ValueError(f"form must be 'hub' or 'v5', got {form!r}")
@@ -205,7 +207,7 @@ class MistralConfig:
         return data
 
     @classmethod
-    def from_json_file(cls, path):
+    def from_json_file(cls, path: str | os.PathLike) -> "MistralConfig":
         """Reads `config.json` (a file, or a folder holding one)."""
         if os.path.isdir(path):
             path = os.path.join(path, "config.json")
@@ -220,22 +222,24 @@ class MistralConfig:
 
     from_pretrained = from_json_file  # HF's name: a folder holding config.json, or the file
 
-    def to_json_string(self, form="hub", architecture="MistralForCausalLM"):
+    def to_json_string(self, form: str = "hub", architecture: str = "MistralForCausalLM") -> str:
         """`to_dict` as indented JSON text with sorted keys, as HF writes config.json."""
         return json.dumps(self.to_dict(form, architecture), indent=2, sort_keys=True) + "\n"
 
-    def to_json_file(self, path, form="hub", architecture="MistralForCausalLM"):
+    def to_json_file(
+        self, path: str | os.PathLike, form: str = "hub", architecture: str = "MistralForCausalLM"
+    ) -> None:
         """Writes `to_dict` to the file `path` (atomically)."""
         write_json(path, self.to_dict(form, architecture))
 
-    def save(self, directory, form="hub", architecture="MistralForCausalLM"):
+    def save(self, directory: str | os.PathLike, form: str = "hub", architecture: str = "MistralForCausalLM") -> None:
         """Writes `directory/config.json` (atomically: the old file or the new one, never half)."""
         os.makedirs(directory, exist_ok=True)
         self.to_json_file(os.path.join(directory, "config.json"), form, architecture)
 
     save_pretrained = save  # HF's name
 
-    def num_parameters(self, with_lm_head=True):
+    def num_parameters(self, with_lm_head: bool = True) -> int:
         """Parameter count of the backbone (plus `lm_head` when asked)."""
         h, i, d = self.hidden_size, self.intermediate_size, self.head_dim
         attention = h * d * (2 * self.num_attention_heads + 2 * self.num_key_value_heads)

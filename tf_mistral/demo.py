@@ -13,11 +13,13 @@
 Files go to `runs/demo/` (checkpoint/, serving/mistral/1/, mistral_int8.tflite).
 """
 
+from collections.abc import Callable, Sequence
 import contextlib
 import importlib.resources
 import os
 import sys
 import time
+from typing import Any
 import warnings
 
 import keras
@@ -30,7 +32,7 @@ from tf_mistral.export.tflite import export_tflite
 from tf_mistral.generation.generate import decodes_under_xla
 from tf_mistral.silence import silenced_stderr
 from tf_mistral.tflite_runner import TFLiteRunner
-from tf_mistral.tokenizer import load_tokenizer
+from tf_mistral.tokenizer import MistralTokenizer, load_tokenizer
 
 DEFAULT_OUTPUT = os.path.join("runs", "demo")
 DEFAULT_STEPS = 120
@@ -55,7 +57,7 @@ TFLITE_CACHE_LENGTH = 1024
 class Steps:
     """Prints numbered step headers, and the time each step took."""
 
-    def __init__(self, total):
+    def __init__(self, total: int) -> None:
         self.total, self.number, self.started = total, 0, time.perf_counter()
         self.step_started = None
 
@@ -65,26 +67,28 @@ class Steps:
         self.step_started = time.perf_counter()
         print(f"\n[{self.number}/{self.total}] {title}", flush=True)
 
-    def done(self):
+    def done(self) -> None:
         if self.step_started is not None:
             print(f"    ({time.perf_counter() - self.step_started:.0f} s)", flush=True)
             self.step_started = None
 
-    def elapsed(self):
+    def elapsed(self) -> float:
         return time.perf_counter() - self.started
 
 
-def bundled_text():
+def bundled_text() -> str:
     """The bundled training text (public domain: Lewis Carroll, 1865)."""
     return (importlib.resources.files("tf_mistral") / "data" / TEXT_RESOURCE).read_text(encoding="utf-8")
 
 
-def default_prompt(text):
+def default_prompt(text: str) -> str:
     """The text's first words."""
     return " ".join(text.split()[:PROMPT_WORDS])
 
 
-def training_rows(ids, length=WINDOW_LENGTH, stride=WINDOW_STRIDE):
+def training_rows(
+    ids: Sequence[int] | np.ndarray, length: int = WINDOW_LENGTH, stride: int = WINDOW_STRIDE
+) -> np.ndarray:
     """int32 `[rows, length]`: windows of the token stream `ids` (the last one ends at its end)."""
     ids = np.asarray(ids, np.int32)
     length = min(length, len(ids))
@@ -94,13 +98,15 @@ def training_rows(ids, length=WINDOW_LENGTH, stride=WINDOW_STRIDE):
     return np.stack([ids[start:start + length] for start in starts])
 
 
-def build_small_model():
+def build_small_model() -> TFMistralForCausalLM:
     model = TFMistralForCausalLM(MistralConfig(**SMALL_MODEL), dtype="float32")
     model.build()
     return model
 
 
-def fine_tune(model, ids, steps, learning_rate, lora):
+def fine_tune(
+    model: TFMistralForCausalLM, ids: Sequence[int], steps: int, learning_rate: float, lora: bool
+) -> dict[str, float]:
     """Keras `fit` for `steps` batches of windows of `ids` (the whole model, or LoRA adapters)."""
     rows = training_rows(ids)
     dataset = (
@@ -122,7 +128,7 @@ def fine_tune(model, ids, steps, learning_rate, lora):
     return {name: values[-1] for name, values in history.history.items()}
 
 
-def matching_prefix(generated, reference):
+def matching_prefix(generated: Sequence[int], reference: Sequence[int]) -> int:
     """How many leading tokens of `generated` equal `reference`'s."""
     count = 0
     for a, b in zip(generated, reference):
@@ -132,7 +138,10 @@ def matching_prefix(generated, reference):
     return count
 
 
-def run_backend(name, run, runtime, tokenizer, ids, sampling, quiet=False):
+def run_backend(
+    name: str, run: Callable[..., backends.Result], runtime: Any, tokenizer: MistralTokenizer, ids: list[int],
+    sampling: dict[str, Any], quiet: bool = False,
+) -> backends.Result:
     """Runs one backend, printing its text as it streams; returns its `backends.Result`.
     `quiet`: silence C++ lines on stderr meanwhile (LiteRT's "Created XNNPACK delegate")."""
     print(f"    {name}: ", end="", flush=True)
@@ -143,7 +152,10 @@ def run_backend(name, run, runtime, tokenizer, ids, sampling, quiet=False):
     return result
 
 
-def export_both(folder, output, config, dtype, max_new_tokens, quantize):
+def export_both(
+    folder: str | os.PathLike, output: str | os.PathLike, config: MistralConfig, dtype: str, max_new_tokens: int,
+    quantize: str,
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """The SavedModel (`output/serving/mistral/1`) and the TFLite file (`output/mistral_Q.tflite`)
     of the checkpoint `folder`; returns the two exporters' results."""
     serving = export_saved_model(
@@ -158,13 +170,15 @@ def export_both(folder, output, config, dtype, max_new_tokens, quantize):
     return serving, tflite
 
 
-def directory_size(path):
+def directory_size(path: str | os.PathLike) -> int:
     if os.path.isfile(path):
         return os.path.getsize(path)
     return sum(os.path.getsize(os.path.join(root, f)) for root, _, files in os.walk(path) for f in files)
 
 
-def print_summary(results, checkpoint, serving, tflite, prompt):
+def print_summary(
+    results: dict[str, backends.Result], checkpoint: str, serving: str, tflite: str, prompt: str
+) -> None:
     """The runtimes side by side, the files written, and the commands that run them again."""
     reference = next(iter(results.values())).new_ids  # the Keras model's
     print("\nsame prompt, three runtimes:")
@@ -181,17 +195,17 @@ def print_summary(results, checkpoint, serving, tflite, prompt):
 
 
 def run_demo(
-    output=DEFAULT_OUTPUT,
-    checkpoint=None,
-    steps=None,
-    learning_rate=None,
-    text_file=None,
-    prompt=None,
-    max_new_tokens=DEFAULT_NEW_TOKENS,
-    quantize="int8",
-    dtype=None,
-    seed=0,
-):
+    output: str | os.PathLike = DEFAULT_OUTPUT,
+    checkpoint: str | None = None,
+    steps: int | None = None,
+    learning_rate: float | None = None,
+    text_file: str | os.PathLike | None = None,
+    prompt: str | None = None,
+    max_new_tokens: int = DEFAULT_NEW_TOKENS,
+    quantize: str = "int8",
+    dtype: str | None = None,
+    seed: int = 0,
+) -> dict[str, Any]:
     """Runs the main job (see the module docstring); returns a dict of what it measured.
 
     Args:

@@ -13,13 +13,13 @@ def all_layers(model: keras.layers.Layer, include_self: bool = True) -> list:
     return list(model._flatten_layers(include_self=include_self, recursive=True))
 
 
-def kernel_variable(dense: keras.layers.Dense):
+def kernel_variable(dense: keras.layers.Dense) -> keras.Variable:
     """The variable behind `Dense.kernel`, `[in, out]` (int8 in a quantized layer). `Dense.kernel`
     returns `kernel + A @ B` when LoRA is enabled, in the compute dtype; Keras keeps the variable
     itself in `_kernel`."""
     return dense._kernel
 
 
-def embeddings_variable(embedding: keras.layers.Embedding):
+def embeddings_variable(embedding: keras.layers.Embedding) -> keras.Variable:
     """The variable behind `Embedding.embeddings`, `[vocab, hidden]` (int8 in a quantized layer)."""
     return embedding._embeddings

@@ -12,9 +12,12 @@ exactly the values and scales that Keras computes over the whole tensor. The mod
 the one `quantize("int8")` gives, variable for variable, and no float copy of it ever exists.
 """
 
+from typing import Any
+
 import keras
 from keras import ops
 from keras.quantizers import AbsMaxQuantizer, Int8QuantizationConfig, QuantizationConfig
+import numpy as np
 
 from tf_mistral.keras_internals import all_layers, embeddings_variable, kernel_variable
 
@@ -24,7 +27,7 @@ QUANTIZE_MODES = ("int8",)
 _WEIGHT_AXES = {keras.layers.Dense: 0, keras.layers.Embedding: -1}
 
 
-def check_mode(quantize, compute_dtype):
+def check_mode(quantize: str | None, compute_dtype: str) -> None:
     """Raises ValueError unless `quantize` is None or a mode loading can make for a model that
     computes in `compute_dtype`."""
     if quantize is None:
@@ -41,7 +44,7 @@ def check_mode(quantize, compute_dtype):
         )
 
 
-def quantize_when_built(model, mode):
+def quantize_when_built(model: keras.Model, mode: str) -> None:
     """Gives each `Dense` and `Embedding` of the unbuilt `model` the int8 dtype policy and config
     that Keras' `quantize(mode)` would set, so that `build()` creates their int8 variables (zeros,
     scales of one) and never a float kernel."""
@@ -61,7 +64,7 @@ class Int8Target:
         float_dtype: the layer's variable dtype, in which Keras would have held the float weights.
     """
 
-    def __init__(self, layer):
+    def __init__(self, layer: keras.layers.Dense | keras.layers.Embedding) -> None:
         self.values = kernel_variable(layer) if isinstance(layer, keras.layers.Dense) else embeddings_variable(layer)
         self.scale = layer.kernel_scale if isinstance(layer, keras.layers.Dense) else layer.embeddings_scale
         self.float_dtype = layer.variable_dtype
@@ -70,13 +73,13 @@ class Int8Target:
         )
 
     @classmethod
-    def of(cls, layer, attribute):
+    def of(cls, layer: keras.layers.Layer, attribute: str) -> "Int8Target | None":
         """The target of `layer.<attribute>` when it is a Keras int8 kernel or embedding matrix, else None."""
         if attribute not in ("kernel", "embeddings") or getattr(layer, "quantization_mode", None) != "int8":
             return None
         return cls(layer)
 
-    def quantize(self, weights):
+    def quantize(self, weights: np.ndarray) -> tuple[Any, Any]:
         """`(int8 values, scale)` tensors of float `weights` (numpy, in the variable's orientation, a
         block of whole output columns or token rows): Keras' quantizer, computed on the CPU in numpy
         as `quantize()` does; the scale has one entry per column / row."""

@@ -11,6 +11,7 @@ of a sharded checkpoint, or `model.safetensors`). Every file of a save carries t
 its metadata, and `open_checkpoint` refuses a set whose shards come from different saves.
 """
 
+from collections.abc import Callable, Mapping, Sequence
 import json
 import os
 import re
@@ -18,6 +19,7 @@ import uuid
 
 import ml_dtypes
 import numpy as np
+import numpy.typing as npt
 from tqdm.auto import tqdm
 
 from tf_mistral.arguments import parse_size
@@ -62,7 +64,7 @@ class SafetensorsFile:
         metadata: the header's `__metadata__` (`{}` when absent).
     """
 
-    def __init__(self, path):
+    def __init__(self, path: str | os.PathLike) -> None:
         self.path = path
         size = os.path.getsize(path)
         with open(path, "rb") as f:
@@ -99,7 +101,7 @@ class SafetensorsFile:
                 )
             self.tensors[name] = (dtype, shape, begin, end)
 
-    def read(self, name, rows=None):
+    def read(self, name: str, rows: tuple[int, int] | None = None) -> np.ndarray:
         """The tensor, or its rows `rows = (start, stop)` along the first axis, as a numpy array
         in its stored dtype; the file is read straight into the array."""
         dtype, shape, begin, end = self.tensors[name]
@@ -115,12 +117,12 @@ class SafetensorsFile:
             raise CheckpointError(f"{self.path} is truncated inside tensor {name!r}")
         return array
 
-    def nbytes(self, name):
+    def nbytes(self, name: str) -> int:
         _, _, begin, end = self.tensors[name]
         return end - begin
 
 
-def open_checkpoint(directory):
+def open_checkpoint(directory: str | os.PathLike) -> dict[str, SafetensorsFile]:
     """`{tensor name: SafetensorsFile}` for a single-file or sharded HF checkpoint folder.
 
     The index, when there is one, is read first (as HF does). A sharded set whose index and shards
@@ -182,7 +184,7 @@ class TensorEntry:
     """One tensor to write: its name, numpy dtype and shape, and `fetch()` giving the C-contiguous
     array (called once, when its turn comes, so a save holds one tensor at a time)."""
 
-    def __init__(self, name, dtype, shape, fetch):
+    def __init__(self, name: str, dtype: npt.DTypeLike, shape: Sequence[int], fetch: Callable[[], np.ndarray]) -> None:
         self.name, self.dtype, self.shape, self.fetch = name, np.dtype(dtype), tuple(shape), fetch
         self.nbytes = self.dtype.itemsize * int(np.prod(self.shape))
 
@@ -230,7 +232,7 @@ def _write_file(path, entries, metadata, bar):
         raise
 
 
-def remove_leftovers(directory):
+def remove_leftovers(directory: str | os.PathLike) -> None:
     """Removes the temporary files (`NAME.tmp-PID`, `NAME.link-PID`) that saves killed before
     they finished left in `directory`, unless the live index still names them or their process
     is still running."""
@@ -248,7 +250,7 @@ def remove_leftovers(directory):
             remove(os.path.join(directory, file_name))
 
 
-def write_tensors(path, arrays):
+def write_tensors(path: str | os.PathLike, arrays: Mapping[str, np.ndarray]) -> None:
     """Writes `{name: numpy array}` as one safetensors file, atomically (temporary file, then rename)."""
     entries = [TensorEntry(name, a.dtype, a.shape, lambda a=a: a) for name, a in arrays.items()]
     temporary = f"{path}.tmp-{os.getpid()}"
@@ -257,7 +259,10 @@ def write_tensors(path, arrays):
     os.replace(temporary, path)
 
 
-def write_checkpoint(directory, entries, max_shard_size="5GB", progress=True):
+def write_checkpoint(
+    directory: str | os.PathLike, entries: Sequence[TensorEntry], max_shard_size: int | str = "5GB",
+    progress: bool = True,
+) -> int:
     """Writes `entries` (`TensorEntry` list, in order) as HF safetensors in `directory`: one
     `model.safetensors`, or shards `model-0000i-of-0000n.safetensors` of at most `max_shard_size`
     each plus `model.safetensors.index.json`. Returns the weight bytes written.

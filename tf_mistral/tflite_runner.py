@@ -30,25 +30,34 @@ imported inside `generate` and `tokenizer`, on first use, so that a run that onl
 little more memory than the mapped file (a 7B int8 file: docs/scale.md).
 """
 
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 import json
 import os
 import tempfile
+from typing import TYPE_CHECKING, Any
 import zlib
 
 import numpy as np
+
+from tf_mistral.config import MistralConfig
+
+if TYPE_CHECKING:
+    from tf_mistral.tokenizer.mistral_tokenizer import MistralTokenizer
 
 # The `GenerationConfig` settings `TFLiteRunner.generate` honours (its arguments); others are refused.
 RUNNER_SETTINGS = ("max_new_tokens", "do_sample", "temperature", "top_k", "top_p", "seed", "eos_token_id")
 PAD_POSITION = -1  # input_pos of right padding: never continues a run, so the graph drops it
 
 
-def sidecar_path(model_path):
+def sidecar_path(model_path: str | os.PathLike) -> str:
     """The JSON written beside a `.tflite` (config values the runner needs)."""
     return os.fspath(model_path) + ".json"
 
 
-def write_sidecar(model_path, config, cache_length, prefill_lengths, quantize, int4_block_size):
+def write_sidecar(
+    model_path: str | os.PathLike, config: MistralConfig, cache_length: int, prefill_lengths: Iterable[int],
+    quantize: str, int4_block_size: int | None,
+) -> dict[str, Any]:
     """Records what the flatbuffer does not say: the sliding window, token ids, max positions (and,
     for a reader's information, the weights' encoding)."""
     info = dict(
@@ -63,7 +72,7 @@ def write_sidecar(model_path, config, cache_length, prefill_lengths, quantize, i
     return info
 
 
-def plan_prefill(count, lengths):
+def plan_prefill(count: int, lengths: Sequence[int]) -> list[tuple[int, int]]:
     """Chunks `[(signature length N, real tokens)]` that cover `count` tokens (see the module doc)."""
     chunks = []
     while count > 0:
@@ -81,7 +90,7 @@ class KVCache(Mapping):
     Reads as `{kv_cache_k_i: [1, KVH, T, Dh], kv_cache_v_i: [1, KVH, Dh, T]}` float32 arrays
     (copies of the current state). Updated in place by the runner."""
 
-    def __init__(self, shapes, make_buffer):
+    def __init__(self, shapes: Mapping[str, tuple[int, ...]], make_buffer: Callable[[str], Any]) -> None:
         self._shapes = dict(shapes)
         self._buffers = [{name: make_buffer(name) for name in shapes} for _ in range(2)]
         self._current = 0
@@ -97,20 +106,20 @@ class KVCache(Mapping):
     def __len__(self):
         return len(self._shapes)
 
-    def load(self, arrays):
+    def load(self, arrays: Mapping[str, np.ndarray]) -> None:
         """Writes `{name: array}` (another cache's state) into the current set."""
         for name, array in arrays.items():
             self._buffers[self._current][name].write(np.asarray(array, np.float32))
 
-    def buffers(self):
+    def buffers(self) -> tuple[dict[str, Any], dict[str, Any]]:
         """`(current buffers, the other set)`: a prefill's cache inputs and outputs."""
         return self._buffers[self._current], self._buffers[1 - self._current]
 
-    def swap(self):
+    def swap(self) -> None:
         self._current = 1 - self._current
 
 
-def weight_cache_path(model_path):
+def weight_cache_path(model_path: str) -> str:
     """Where XNNPACK keeps the packed weights of `model_path`: beside it, or in the temp folder
     (named by the model's path, size and time) when its folder is not writable."""
     folder = os.path.dirname(os.path.abspath(model_path))
@@ -135,7 +144,11 @@ class TFLiteRunner:
             (no cache file: the weights are packed in memory, once per signature).
     """
 
-    def __init__(self, path, num_threads=2, tokenizer=None, sliding_window="auto", weight_cache="auto"):
+    def __init__(
+        self, path: str | os.PathLike, num_threads: int = 2,
+        tokenizer: "MistralTokenizer | str | os.PathLike | None" = None, sliding_window: int | str | None = "auto",
+        weight_cache: str | None = "auto",
+    ) -> None:
         try:
             from ai_edge_litert.compiled_model import CompiledModel
             from ai_edge_litert.cpu_options import CpuOptions
@@ -182,7 +195,7 @@ class TFLiteRunner:
 
     # ---- the signatures ---------------------------------------------------------------------
 
-    def empty_cache(self):
+    def empty_cache(self) -> KVCache:
         """A zeroed `KVCache` (reads as `{kv_cache_k_i: [1, KVH, T, Dh], kv_cache_v_i: [1, KVH, Dh, T]}`)."""
         return KVCache(self._shapes, lambda name: self.model.create_input_buffer_by_name("decode", name))
 
@@ -194,7 +207,9 @@ class TFLiteRunner:
         own.load(cache)
         return own
 
-    def run_chunk(self, signature, tokens, positions, cache):
+    def run_chunk(
+        self, signature: str, tokens: np.ndarray, positions: np.ndarray, cache: Mapping[str, np.ndarray]
+    ) -> KVCache:
         """Runs one signature on int32 `tokens [1, S]` at `positions [S]`; updates `cache` (a
         `KVCache`, or arrays copied into a new one) and returns it."""
         cache = self._cache(cache)
@@ -209,7 +224,7 @@ class TFLiteRunner:
             cache.swap()
         return cache
 
-    def prefill(self, tokens, cache, start):
+    def prefill(self, tokens: Sequence[int] | np.ndarray, cache: Mapping[str, np.ndarray], start: int) -> KVCache:
         """Writes `tokens` (positions `start ..`) into `cache` chunk by chunk; returns the cache."""
         tokens = np.asarray(tokens, np.int32).reshape(-1)
         done = 0
@@ -222,14 +237,14 @@ class TFLiteRunner:
             done += real
         return cache
 
-    def decode(self, token, cache, position):
+    def decode(self, token: int, cache: Mapping[str, np.ndarray], position: int) -> tuple[np.ndarray, KVCache]:
         """One token at `position` -> (`logits` float32 `[vocab]`, the updated cache)."""
         cache = self.run_chunk("decode", np.array([[token]], np.int32), np.array([position], np.int32), cache)
         return self._logits.read(self.vocab_size, np.float32), cache
 
     # ---- generation -----------------------------------------------------------------------------
 
-    def check_cache_slots(self, prompt_length, max_new_tokens):
+    def check_cache_slots(self, prompt_length: int, max_new_tokens: int) -> None:
         """Raises ValueError when a generation needs more cache slots than the file has (a model
         without a sliding window keeps every fed position)."""
         fed = prompt_length + max_new_tokens - 1
@@ -242,17 +257,17 @@ class TFLiteRunner:
 
     def generate(
         self,
-        input_ids,
-        max_new_tokens=20,
-        do_sample=False,
-        temperature=1.0,
-        top_k=None,
-        top_p=1.0,
-        seed=0,
-        eos_token_id="auto",
-        streamer=None,
-        **settings,
-    ):
+        input_ids: Any,
+        max_new_tokens: int = 20,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float = 1.0,
+        seed: int = 0,
+        eos_token_id: int | Sequence[int] | str | None = "auto",
+        streamer: Any = None,
+        **settings: Any,
+    ) -> np.ndarray:
         """Continues one prompt, as `TFMistralForCausalLM.generate` does for a batch of one.
 
         Args:
@@ -320,7 +335,7 @@ class TFLiteRunner:
         return np.concatenate([prompt, np.array(new, np.int64)]).astype(np.int32)
 
     @property
-    def tokenizer(self):
+    def tokenizer(self) -> "MistralTokenizer":
         """The `MistralTokenizer` given at construction (loaded on first use: TF Text is imported
         only by runs that tokenize), else Mistral v0.1's."""
         from tf_mistral.tokenizer import load_tokenizer
@@ -328,7 +343,7 @@ class TFLiteRunner:
         self._tokenizer = load_tokenizer(self._tokenizer)
         return self._tokenizer
 
-    def generate_text(self, prompt, max_new_tokens=20, **kwargs):
+    def generate_text(self, prompt: str, max_new_tokens: int = 20, **kwargs: Any) -> str:
         """Tokenizes `prompt` (with BOS), generates, and returns the new text (special tokens dropped)."""
         from tf_mistral.tokenizer import load_tokenizer
 

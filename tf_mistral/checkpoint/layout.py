@@ -2,18 +2,22 @@
 because our layer names follow HF's), which tensors are transposed (PyTorch linear weights are
 `[out, in]`, Keras `Dense` kernels `[in, out]`), and the numpy dtype of a Keras dtype."""
 
+from typing import Any
+
 import keras
 import ml_dtypes
 import numpy as np
 
+from tf_mistral.config import MistralConfig
 
-def numpy_dtype(name):
+
+def numpy_dtype(name: Any) -> np.dtype:
     """numpy dtype for a Keras dtype name; bfloat16 comes from ml_dtypes."""
     name = keras.backend.standardize_dtype(name)
     return np.dtype(ml_dtypes.bfloat16) if name == "bfloat16" else np.dtype(name)
 
 
-def checkpoint_table(model):
+def checkpoint_table(model: keras.Model) -> dict[str, tuple[keras.layers.Layer, str, bool]]:
     """Maps each HF tensor name to `(layer, attribute, transposed)` for `model`, a head or the
     bare decoder (`TFMistralModel`), which uses the names HF's `MistralModel` writes (no `model.`
     prefix). `transposed`: HF stores the tensor `[out, in]`, the
@@ -42,7 +46,7 @@ def checkpoint_table(model):
     return table
 
 
-def shape_hint(name, file_shape, config):
+def shape_hint(name: str, file_shape: tuple[int, ...], config: MistralConfig) -> str:
     """What a tensor `name` of `file_shape` that does not fit the model most likely means."""
     if ".k_proj." in name or ".v_proj." in name:
         heads = file_shape[0] / config.head_dim

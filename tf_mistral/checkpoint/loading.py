@@ -7,6 +7,7 @@ float32 detour, and nothing is memory-mapped. Into a Keras int8 model
 (`from_pretrained(quantize="int8")`) each block is quantized as it arrives.
 """
 
+import os
 import warnings
 
 import keras
@@ -24,7 +25,10 @@ _BLOCK_BYTES = 16 * 2**20  # rows read and assigned at once while loading
 OTHER_HEADS = {"lm_head.weight", "score.weight", "score.bias"}
 
 
-def load_weights(model, directory, progress=True, ignore_mismatched_sizes=False):
+def load_weights(
+    model: keras.Model, directory: str | os.PathLike, progress: bool = True,
+    ignore_mismatched_sizes: bool = False,
+) -> None:
     """Assigns every tensor of the checkpoint in `directory` to `model` (built here if it is not).
 
     All names and shapes are checked before any data is read; a missing, unexpected or

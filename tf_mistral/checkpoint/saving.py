@@ -3,6 +3,8 @@
 adapters are merged into their kernels (a plain HF checkpoint); a quantized model is refused."""
 
 import dataclasses
+import os
+from typing import Any
 
 import keras
 from keras import ops
@@ -16,7 +18,7 @@ from tf_mistral.safetensors_io import TensorEntry, write_checkpoint
 _CHECKPOINT_DTYPES = ("float32", "bfloat16", "float16")
 
 
-def merged_kernel(dense):
+def merged_kernel(dense: keras.layers.Dense) -> Any:
     """`kernel + (alpha / r) * A @ B` of a LoRA-enabled `Dense`, computed in float32, in the kernel
     variable's dtype `[in, out]`. (Keras' `Dense.kernel` returns the merge in the compute dtype,
     bf16 under mixed precision.)"""
@@ -32,7 +34,10 @@ def _saved_value(layer, attribute):
     return getattr(layer, attribute)
 
 
-def save_weights(model, directory, max_shard_size="5GB", dtype=None, progress=True):
+def save_weights(
+    model: keras.Model, directory: str | os.PathLike, max_shard_size: int | str = "5GB",
+    dtype: str | None = None, progress: bool = True,
+) -> None:
     """Writes the weights in HF layout, then `config.json` (see `MistralPreTrainedModel.save_pretrained`).
 
     Everything is checked before the folder is touched: a quantized model, a `dtype` other than

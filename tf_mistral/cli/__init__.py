@@ -24,6 +24,7 @@ import collections
 import importlib
 import os
 import sys
+from types import ModuleType
 
 from tf_mistral.cli.shared import UsageError
 from tf_mistral.silence import silenced_stderr
@@ -80,7 +81,7 @@ def _add_debug_flag(parser: argparse.ArgumentParser, top: bool = False) -> None:
                         help="show tracebacks")
 
 
-def import_verb(name: str, quiet: bool):
+def import_verb(name: str, quiet: bool) -> ModuleType:
     """The module of verb `name`; TensorFlow is imported first, quietly unless not `quiet`, for a
     verb that uses it."""
     verb = VERBS[name]

@@ -26,17 +26,19 @@ def _smallest(length, sizes, multiple):
     return rounded
 
 
-def prompt_bucket(length):
+def prompt_bucket(length: int | tf.Tensor) -> int | tf.Tensor:
     """Columns a prompt of `length` tokens is padded to: 16, 32, 64, then multiples of 64."""
     return _smallest(length, (16, 32, 64), 64)
 
 
-def new_tokens_bucket(count):
+def new_tokens_bucket(count: int | tf.Tensor) -> int | tf.Tensor:
     """Output buffer for `count` new tokens: 32, 64, 128, then multiples of 128."""
     return _smallest(count, (32, 64, 128), 128)
 
 
-def cache_length(positions, sliding_window, max_length=None):
+def cache_length(
+    positions: int | tf.Tensor, sliding_window: int | None, max_length: int | None = None
+) -> int | tf.Tensor:
     """Slots of a request's KV cache.
 
     Args:

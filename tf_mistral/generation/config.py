@@ -6,13 +6,16 @@ field; the TFLite runner and the SavedModel signatures honour the sampling field
 Plain Python (no TensorFlow), so the TFLite runner and the CLI import it cheaply.
 """
 
+from collections.abc import Collection, KeysView, Mapping
 import copy
 import dataclasses
 import json
 import math
 import os
+from typing import Any
 
 from tf_mistral.atomic import write_json
+from tf_mistral.config import MistralConfig
 
 FILE_NAME = "generation_config.json"
 
@@ -71,12 +74,12 @@ class GenerationConfig:
     extra: dict = dataclasses.field(default_factory=dict)
 
     @classmethod
-    def field_names(cls):
+    def field_names(cls) -> tuple[str, ...]:
         """The settings `generate` accepts as keyword arguments."""
         return tuple(field.name for field in dataclasses.fields(cls) if field.name != "extra")
 
     @classmethod
-    def from_dict(cls, values):
+    def from_dict(cls, values: Mapping[str, Any]) -> "GenerationConfig":
         """From a generation_config.json dict: known keys become fields, the rest `extra`."""
         names = set(cls.field_names())
         return cls(
@@ -84,21 +87,21 @@ class GenerationConfig:
         )
 
     @classmethod
-    def from_pretrained(cls, path):
+    def from_pretrained(cls, path: str | os.PathLike) -> "GenerationConfig":
         """Reads `path/generation_config.json` (or `path` itself, a json file)."""
         file = os.path.join(path, FILE_NAME) if os.path.isdir(path) else path
         with open(file, encoding="utf-8") as handle:
             return cls.from_dict(json.load(handle))
 
     @classmethod
-    def from_model_config(cls, config):
+    def from_model_config(cls, config: MistralConfig) -> "GenerationConfig":
         """Defaults from a `MistralConfig`: its bos, eos and pad ids, as HF makes them."""
         return cls(
             bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id, pad_token_id=config.pad_token_id,
             extra={"_from_model_config": True},
         )
 
-    def to_dict(self):
+    def to_dict(self) -> dict[str, Any]:
         """Every field that differs from its default, and `extra`, as HF writes them."""
         default = GenerationConfig()
         values = {
@@ -106,22 +109,22 @@ class GenerationConfig:
         }
         return {**self.extra, **values}
 
-    def keys(self):
+    def keys(self) -> KeysView[str]:
         """`dict(config)` is `config.to_dict()`."""
         return self.to_dict().keys()
 
     def __getitem__(self, name):
         return self.to_dict()[name]
 
-    def to_json_string(self):
+    def to_json_string(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
 
-    def save_pretrained(self, path):
+    def save_pretrained(self, path: str | os.PathLike) -> None:
         """Writes `path/generation_config.json` (the folder is created)."""
         os.makedirs(path, exist_ok=True)
         write_json(os.path.join(path, FILE_NAME), self.to_dict())
 
-    def update(self, **kwargs):
+    def update(self, **kwargs: Any) -> dict[str, Any]:
         """Sets the known fields among `kwargs`; returns the others (HF's contract)."""
         names = set(self.field_names())
         for name, value in kwargs.items():
@@ -129,7 +132,7 @@ class GenerationConfig:
                 setattr(self, name, value)
         return {name: value for name, value in kwargs.items() if name not in names}
 
-    def merged(self, **kwargs):
+    def merged(self, **kwargs: Any) -> "GenerationConfig":
         """A copy with `kwargs` set; raises ValueError naming any that is not an HF setting."""
         config = copy.deepcopy(self)
         unknown = config.update(**kwargs)
@@ -141,7 +144,7 @@ class GenerationConfig:
             )
         return config
 
-    def validate(self):
+    def validate(self) -> None:
         """Raises ValueError for a value that would give garbage or that tf_mistral cannot honour."""
         for name, off in _NOT_IMPLEMENTED.items():
             if self.extra.get(name, off) != off:
@@ -164,14 +167,14 @@ class GenerationConfig:
             if not self.return_dict_in_generate:
                 raise ValueError("output_scores / output_logits need return_dict_in_generate=True")
 
-    def stop_strings_list(self):
+    def stop_strings_list(self) -> list[str]:
         """`stop_strings` as a list of non-empty str."""
         strings = [self.stop_strings] if isinstance(self.stop_strings, str) else list(self.stop_strings or [])
         if not all(isinstance(s, str) and s for s in strings):
             raise ValueError(f"stop_strings must be a non-empty str or a list of them, got {self.stop_strings!r}")
         return strings
 
-    def refuse_unsupported(self, runtime, supported):
+    def refuse_unsupported(self, runtime: str, supported: Collection[str]) -> None:
         """Raises ValueError naming each setting away from its default that `runtime` (its name, for
         the message) does not list in `supported`."""
         default = GenerationConfig()

@@ -5,15 +5,18 @@ the number of new tokens is a tensor inside a bucketed buffer, for the same reas
 """
 
 import collections.abc
+from collections.abc import Iterable, Mapping, Sequence
 import time
+from typing import Any, TextIO
 
+import keras
 import numpy as np
 import tensorflow as tf
 
 from tf_mistral import cache as kv_cache
 from tf_mistral.generation import buckets, loop
 from tf_mistral.generation.config import GenerationConfig
-from tf_mistral.generation.outputs import generate_output, transition_scores
+from tf_mistral.generation.outputs import GenerateOutput, generate_output, transition_scores
 from tf_mistral.generation.processors import Processing
 from tf_mistral.generation.request import (
     as_int_matrix,
@@ -27,20 +30,21 @@ from tf_mistral.generation.request import (
 from tf_mistral.generation.sampling import validate_sampling, validate_seed
 from tf_mistral.generation.stop_strings import StopStrings
 from tf_mistral.keras_internals import all_layers
+from tf_mistral.tokenizer import MistralTokenizer
 
 
 class GenerationMixin:
     """Adds `generate`, `generation_config` and `compute_transition_scores` to `TFMistralForCausalLM`."""
 
     @property
-    def generation_config(self):
+    def generation_config(self) -> GenerationConfig:
         """The `GenerationConfig` that `generate` starts from (default: the model config's ids)."""
         if getattr(self, "_generation_config", None) is None:
             self._generation_config = GenerationConfig.from_model_config(self.config)
         return self._generation_config
 
     @generation_config.setter
-    def generation_config(self, value):
+    def generation_config(self, value: GenerationConfig | Mapping[str, Any]) -> None:
         """Takes a `GenerationConfig` or the dict of a generation_config.json."""
         if isinstance(value, collections.abc.Mapping) and not isinstance(value, GenerationConfig):
             value = GenerationConfig.from_dict(dict(value))
@@ -48,8 +52,11 @@ class GenerationMixin:
             raise TypeError(f"generation_config must be a GenerationConfig or a dict, got {type(value).__name__}")
         self._generation_config = value
 
-    def generate(self, input_ids, attention_mask=None, generation_config=None, streamer=None, jit_compile=None,
-                 tokenizer=None, **kwargs):
+    def generate(
+        self, input_ids: Any, attention_mask: Any = None, generation_config: GenerationConfig | None = None,
+        streamer: Any = None, jit_compile: bool | None = None, tokenizer: MistralTokenizer | None = None,
+        **kwargs: Any,
+    ) -> np.ndarray | tf.Tensor | GenerateOutput:
         """Generates continuations, as HF `generate` does.
 
         Args:
@@ -181,7 +188,9 @@ class GenerationMixin:
         sequences = tf.concat([input_ids, state["tokens"]], axis=1)
         return generate_output(config, sequences, state, lambda recorded: tuple(tf.unstack(recorded, axis=1)))
 
-    def compute_transition_scores(self, sequences, scores, normalize_logits=False):
+    def compute_transition_scores(
+        self, sequences: Any, scores: Sequence[Any], normalize_logits: bool = False
+    ) -> np.ndarray:
         """HF's `compute_transition_scores` for greedy and sampled outputs.
 
         Args:
@@ -247,7 +256,7 @@ class GenerationMixin:
         return self._generation_functions[key]
 
 
-def decodes_under_xla(model):
+def decodes_under_xla(model: keras.Model) -> bool:
     """What `generate(jit_compile=None)` picks: XLA, except for bfloat16 compute.
 
     Measured on CPU (docs/benchmarks.md): XLA decodes float32 and Keras-int8 weights fastest. In
@@ -302,7 +311,10 @@ class TextStreamer:
     `end()`.
     """
 
-    def __init__(self, tokenizer, prompt_ids=(), skip_special_tokens=True, file=None):
+    def __init__(
+        self, tokenizer: MistralTokenizer, prompt_ids: Iterable[int] = (), skip_special_tokens: bool = True,
+        file: TextIO | None = None,
+    ) -> None:
         self.tokenizer = tokenizer
         self.skip_special_tokens = skip_special_tokens
         self.file = file
@@ -317,7 +329,7 @@ class TextStreamer:
         print(text[self.printed:], end="", flush=True, file=self.file)
         self.printed = len(text)
 
-    def put(self, token_ids):
+    def put(self, token_ids: Any) -> None:
         if self.started is None:
             self.started = time.perf_counter()
         self.ids.append(int(np.asarray(token_ids).reshape(-1)[0]))
@@ -326,7 +338,7 @@ class TextStreamer:
         if not text.endswith("\ufffd"):  # wait for the rest of a multi-byte character
             self._print(text)
 
-    def end(self):
+    def end(self) -> None:
         elapsed = time.perf_counter() - (self.started or time.perf_counter())
         self.tokens_per_second = self.new_tokens / elapsed if elapsed > 0 else None
         self._print(self._text())

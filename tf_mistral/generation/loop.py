@@ -4,8 +4,9 @@ Everything here is traceable: `generate` compiles it with XLA, the SavedModel ex
 without. Column c of the left-padded batch is position c; row b's padding ends at `pad_start[b]`.
 """
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
+import keras
 import tensorflow as tf
 
 from tf_mistral import cache as kv_cache
@@ -13,7 +14,7 @@ from tf_mistral.generation import processors
 from tf_mistral.generation.sampling import SamplingMode, next_tokens
 
 
-def pad_starts(attention_mask):
+def pad_starts(attention_mask: tf.Tensor) -> tf.Tensor:
     """int32 `[batch]`: the first real column of each left-padded row."""
     mask = tf.cast(attention_mask, tf.int32)
     return tf.shape(mask)[1] - tf.reduce_sum(mask, axis=1)
@@ -45,7 +46,10 @@ def _prefill_chunked(model, input_ids, pad_start, cache, cache_writes):
     return logits, cache, length + extra, pad_start
 
 
-def prefill(model, input_ids, pad_start, cache, cache_writes):
+def prefill(
+    model: keras.Model, input_ids: tf.Tensor, pad_start: tf.Tensor, cache: list[tuple[tf.Tensor, tf.Tensor]],
+    cache_writes: str,
+) -> tuple[tf.Tensor, list[tuple[tf.Tensor, tf.Tensor]], tf.Tensor, tf.Tensor]:
     """Runs the prompt through the model, filling the cache.
 
     Args:
@@ -110,8 +114,11 @@ def _emit(state, logits, sampling):
     return state
 
 
-def start(model, input_ids, attention_mask, max_new_tokens, cache_length, pad_token_id,
-          processing=processors.Processing(), prompt_columns=None, cache_writes=kv_cache.SLICE_WRITES):
+def start(
+    model: keras.Model, input_ids: tf.Tensor, attention_mask: tf.Tensor, max_new_tokens: int,
+    cache_length: int | tf.Tensor, pad_token_id: int, processing: processors.Processing = processors.Processing(),
+    prompt_columns: tf.Tensor | None = None, cache_writes: str = kv_cache.SLICE_WRITES,
+) -> dict[str, Any]:
     """Prefills the prompt: the state that `first_token` and then `decode_step` advance.
 
     Args:
@@ -151,13 +158,15 @@ def start(model, input_ids, attention_mask, max_new_tokens, cache_length, pad_to
     )
 
 
-def first_token(state, sampling):
+def first_token(state: dict[str, Any], sampling: Sampling) -> dict[str, Any]:
     """Picks the first new token from the prefill's `logits` (which the state then drops)."""
     state = dict(state)
     return _emit(state, state.pop("logits"), sampling)
 
 
-def decode_step(model, state, sampling, cache_writes=kv_cache.SLICE_WRITES):
+def decode_step(
+    model: keras.Model, state: dict[str, Any], sampling: Sampling, cache_writes: str = kv_cache.SLICE_WRITES
+) -> dict[str, Any]:
     """Feeds the newest token through the model and picks the next one."""
     column = state["columns"] + state["step"] - 1
     logits, cache = model.forward_with_cache(
@@ -166,7 +175,10 @@ def decode_step(model, state, sampling, cache_writes=kv_cache.SLICE_WRITES):
     return _emit(dict(state, cache=cache), logits[:, 0], sampling)
 
 
-def decode(model, state, new_tokens, sampling, cache_writes=kv_cache.SLICE_WRITES):
+def decode(
+    model: keras.Model, state: dict[str, Any], new_tokens: int | tf.Tensor, sampling: Sampling,
+    cache_writes: str = kv_cache.SLICE_WRITES,
+) -> dict[str, Any]:
     """From the state `start` made: `first_token`, then `decode_step` in a `while_loop` until
     `new_tokens` tokens or every row ended. Returns the final state (its `tokens` and `step`)."""
 
@@ -180,8 +192,11 @@ def decode(model, state, new_tokens, sampling, cache_writes=kv_cache.SLICE_WRITE
     return state
 
 
-def generate_tokens(model, input_ids, attention_mask, max_new_tokens, new_tokens, cache_length, sampling,
-                    cache_writes=kv_cache.SLICE_WRITES):
+def generate_tokens(
+    model: keras.Model, input_ids: tf.Tensor, attention_mask: tf.Tensor, max_new_tokens: int,
+    new_tokens: int | tf.Tensor, cache_length: int | tf.Tensor, sampling: Sampling,
+    cache_writes: str = kv_cache.SLICE_WRITES,
+) -> tuple[tf.Tensor, tf.Tensor]:
     """`start`, then `decode`: one traceable function from prompt to tokens (the SavedModel's).
 
     Returns `(tokens int32 [batch, max_new_tokens], steps int32)`; columns from `steps` on are

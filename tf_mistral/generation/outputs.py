@@ -1,8 +1,15 @@
 """What `generate` returns besides token ids: `GenerateOutput` and transition scores."""
 
+from collections.abc import Callable, Sequence
 import dataclasses
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from tf_mistral.generation.config import GenerationConfig
+
+if TYPE_CHECKING:
+    import tensorflow as tf
 
 
 @dataclasses.dataclass
@@ -21,12 +28,15 @@ class GenerateOutput:
     def __getitem__(self, name):
         return getattr(self, name)
 
-    def keys(self):
+    def keys(self) -> list[str]:
         """The fields that are set, as HF's output lists them."""
         return [field.name for field in dataclasses.fields(self) if getattr(self, field.name) is not None]
 
 
-def generate_output(config, sequences, state, split):
+def generate_output(
+    config: GenerationConfig, sequences: "np.ndarray | tf.Tensor", state: dict[str, Any],
+    split: Callable[[Any], tuple],
+) -> "np.ndarray | tf.Tensor | GenerateOutput":
     """What `generate` returns: `sequences`, or with `return_dict_in_generate` a `GenerateOutput`
     whose `scores` / `logits` (when asked) are `split` of the loop state's recorded float32
     `[rows, width, vocab]` buffer: one `[rows, vocab]` per step made."""
@@ -36,7 +46,7 @@ def generate_output(config, sequences, state, split):
     return GenerateOutput(sequences, **{name: split(state[key]) for name, (key, wanted) in recorded.items() if wanted})
 
 
-def transition_scores(sequences, scores, normalize_logits=False):
+def transition_scores(sequences: Any, scores: Sequence[Any], normalize_logits: bool = False) -> np.ndarray:
     """float32 numpy `[rows, n]`: the score of each of the last n tokens of `sequences` (int
     `[rows, prompt + n]`) in its step's `scores` (n float `[rows, vocab]`), log-softmaxed first
     with `normalize_logits` (HF's `compute_transition_scores` without beams)."""

@@ -15,6 +15,7 @@ as tokens of the row; only the columns `generate` itself adds to reach a prompt 
 """
 
 import dataclasses
+from typing import Any
 
 import tensorflow as tf
 
@@ -33,11 +34,13 @@ class Processing:
     output_logits: bool = False
 
     @property
-    def active(self):
+    def active(self) -> bool:
         return self != Processing()
 
 
-def initial_state(processing, input_ids, prompt_columns, width, vocab):
+def initial_state(
+    processing: Processing, input_ids: tf.Tensor, prompt_columns: tf.Tensor | None, width: int, vocab: int
+) -> dict[str, tf.Tensor]:
     """The state entries `processing` needs (module docstring), from the left-padded int32
     `input_ids [batch, columns]`, of which the last `prompt_columns` (int32 scalar; None: all)
     are the prompt as given, and the output width; {} for the default."""
@@ -58,7 +61,9 @@ def initial_state(processing, input_ids, prompt_columns, width, vocab):
     return state
 
 
-def process(state, logits, processing, eos_token_ids):
+def process(
+    state: dict[str, Any], logits: tf.Tensor, processing: Processing, eos_token_ids: tuple[int, ...]
+) -> tf.Tensor:
     """float32 `[batch, vocab]`: `logits` after the processors `processing` asks for."""
     logits = tf.cast(logits, tf.float32)
     if processing.repetition_penalty != 1.0:
@@ -75,7 +80,7 @@ def process(state, logits, processing, eos_token_ids):
     return logits
 
 
-def banned_ngram_tokens(history, length, size, vocab):
+def banned_ngram_tokens(history: tf.Tensor, length: tf.Tensor, size: int, vocab: int) -> tf.Tensor:
     """bool `[batch, vocab]`: the tokens that would repeat an n-gram (n = `size`) of the row.
 
     history: int32 `[batch, columns]`, -1 where there is no token; length: int32 scalar, the
@@ -103,7 +108,10 @@ def _filled_columns(state):
     return tf.shape(state["history"])[1] - tf.shape(state["tokens"])[1] + state["step"]
 
 
-def record(state, token, raw_logits, scores, processing, sampling):
+def record(
+    state: dict[str, Any], token: tf.Tensor, raw_logits: tf.Tensor, scores: tf.Tensor, processing: Processing,
+    sampling: Any,
+) -> dict[str, Any]:
     """The state after `token` (int32 `[batch]`, made at column `state["step"] - 1`)."""
     step = state["step"] - 1
     batch = tf.shape(token)[0]

@@ -5,7 +5,9 @@ streamer through these functions, so a request means one thing everywhere.
 Numpy in, numpy out, except `left_align`, which is TensorFlow ops (eager or inside a graph).
 """
 
+from collections.abc import Callable, Sequence
 import numbers
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
@@ -15,7 +17,7 @@ from tf_mistral.generation.sampling import SamplingMode
 DEFAULT_NEW_TOKENS = 20  # HF's default when neither max_new_tokens nor max_length is given
 
 
-def as_int_matrix(value, name: str) -> np.ndarray:
+def as_int_matrix(value: Any, name: str) -> np.ndarray:
     """int32 numpy `[batch, length]` from a list, numpy array or tensor (`[length]` is one row);
     ValueError naming `name` for anything else."""
     if value is None:
@@ -58,7 +60,9 @@ def check_prompt(input_ids: np.ndarray, attention_mask: np.ndarray, vocab_size: 
         )
 
 
-def new_token_count(max_new_tokens, max_length, prompt: int, longest_prompt: int, max_positions: int | None) -> int:
+def new_token_count(
+    max_new_tokens: int | None, max_length: int | None, prompt: int, longest_prompt: int, max_positions: int | None
+) -> int:
     """The new tokens per row: `max_new_tokens`, else `max_length - prompt` (prompt columns), else
     `DEFAULT_NEW_TOKENS`; ValueError unless a positive integer whose generation fits the model's
     positions (`max_positions`, None: no limit) after the longest real prompt."""
@@ -77,7 +81,7 @@ def new_token_count(max_new_tokens, max_length, prompt: int, longest_prompt: int
     return int(max_new_tokens)
 
 
-def sampling_mode(do_sample: bool, top_k, top_p: float, min_tokens_to_keep: int = 1) -> SamplingMode:
+def sampling_mode(do_sample: bool, top_k: int | None, top_p: float, min_tokens_to_keep: int = 1) -> SamplingMode:
     """The `SamplingMode` (what the traced graph holds) of validated sampling settings: greedy
     ignores the filters; top-k 0 or None is no filter; top-p runs below 1."""
     if not do_sample:
@@ -85,7 +89,7 @@ def sampling_mode(do_sample: bool, top_k, top_p: float, min_tokens_to_keep: int 
     return SamplingMode(True, int(top_k or 0), bool(top_p < 1.0), int(min_tokens_to_keep))
 
 
-def default_pad_token_id(model_pad_token_id: int | None, eos_token_ids) -> int:
+def default_pad_token_id(model_pad_token_id: int | None, eos_token_ids: Sequence[int]) -> int:
     """The id padding gets when a request names none: the model's pad id, else its first end id,
     else 0 (HF's choice)."""
     if model_pad_token_id is not None:
@@ -93,14 +97,14 @@ def default_pad_token_id(model_pad_token_id: int | None, eos_token_ids) -> int:
     return int(eos_token_ids[0]) if len(eos_token_ids) else 0
 
 
-def left_align(input_ids, attention_mask):
+def left_align(input_ids: tf.Tensor, attention_mask: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     """int `[batch, length]` ids and 0/1 mask -> the same with each row's padding moved to the left
     (generation needs left padding), the tokens in their order (a stable sort on the mask)."""
     order = tf.argsort(attention_mask, axis=1, stable=True)
     return tf.gather(input_ids, order, batch_dims=1), tf.gather(attention_mask, order, batch_dims=1)
 
 
-def streamer_calls(streamer):
+def streamer_calls(streamer: Any) -> tuple[Callable[[Any], Any] | None, Callable[[], Any] | None]:
     """`(put, end)` of a `streamer` argument: an object with `put(token_ids [batch])` and perhaps
     `end()` (e.g. `TextStreamer`), or a callable taking the token ids, or None. Either is None when
     there is nothing to call."""

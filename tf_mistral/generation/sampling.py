@@ -34,7 +34,7 @@ class SamplingMode:
     min_tokens_to_keep: int = 1
 
 
-def validate_sampling(do_sample, temperature, top_k, top_p):
+def validate_sampling(do_sample: bool, temperature: float, top_k: int | None, top_p: float) -> None:
     """Raises ValueError for sampling values that would give garbage (NaN and infinity included)."""
     if not isinstance(do_sample, bool):
         raise ValueError(f"do_sample must be True or False, got {do_sample!r}")
@@ -48,7 +48,7 @@ def validate_sampling(do_sample, temperature, top_k, top_p):
         raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
 
 
-def validate_seed(seed):
+def validate_seed(seed: int) -> None:
     """Raises ValueError for a seed that is not an integer in `SEEDS` (the RNG would wrap it)."""
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or int(seed) not in SEEDS:
         raise ValueError(
@@ -57,7 +57,10 @@ def validate_seed(seed):
         )
 
 
-def next_tokens(logits, mode, temperature, top_p, seed, step, top_k=0):
+def next_tokens(
+    logits: tf.Tensor, mode: SamplingMode, temperature: float | tf.Tensor, top_p: float | tf.Tensor,
+    seed: int | tf.Tensor, step: int | tf.Tensor, top_k: int | tf.Tensor = 0,
+) -> tf.Tensor:
     """Picks one token per row.
 
     Args:
@@ -82,7 +85,10 @@ def next_tokens(logits, mode, temperature, top_p, seed, step, top_k=0):
     return _sample(logits, mode, temperature, top_p, seed, step, top_k)
 
 
-def warp(logits, mode, temperature, top_p, top_k=0):
+def warp(
+    logits: tf.Tensor, mode: SamplingMode, temperature: float | tf.Tensor, top_p: float | tf.Tensor,
+    top_k: int | tf.Tensor = 0,
+) -> tf.Tensor:
     """float32 `[batch, vocab]`: the logits divided by `temperature`, then -inf outside the top-k /
     top-p filters of `mode` (HF's warpers; what HF's `scores` hold when sampling)."""
     logits = tf.cast(logits, tf.float32) / temperature

@@ -8,7 +8,11 @@ string), so `generate` runs such a request one compiled step per token from Pyth
 a streamer. A request without stop strings keeps the single compiled loop.
 """
 
+from collections.abc import Iterable
+
 import numpy as np
+
+from tf_mistral.tokenizer import MistralTokenizer
 
 
 class StopStrings:
@@ -20,13 +24,16 @@ class StopStrings:
         input_ids, attention_mask: int numpy `[rows, prompt]`, the prompts (0 in the mask: padding).
     """
 
-    def __init__(self, stop_strings, tokenizer, input_ids, attention_mask):
+    def __init__(
+        self, stop_strings: Iterable[str], tokenizer: MistralTokenizer, input_ids: np.ndarray,
+        attention_mask: np.ndarray,
+    ) -> None:
         self.stop_strings = tuple(stop_strings)
         self.tokenizer = tokenizer
         self.ids = [row[keep.astype(bool)].tolist() for row, keep in zip(input_ids, attention_mask)]
         self.prompt_chars = [len(text) for text in tokenizer.batch_decode(self.ids)]
 
-    def ended(self, token, running):
+    def ended(self, token: np.ndarray, running: np.ndarray) -> np.ndarray:
         """bool numpy `[rows]`: the rows whose text a stop string ends in after `token`.
 
         token: int `[rows]`, the newest column; running: bool `[rows]`, the rows that made it

@@ -1,6 +1,9 @@
 """The `hidden_act` functions of HF's `ACT2FN` that a Mistral MLP may use, by their HF names
 (`config.HIDDEN_ACTS` lists the same names for validation without importing Keras)."""
 
+from collections.abc import Callable
+from typing import Any
+
 from keras import ops
 
 
@@ -21,7 +24,7 @@ ACTIVATIONS = {
 }
 
 
-def activation(name):
+def activation(name: str) -> Callable[[Any], Any]:
     """The function HF's `ACT2FN[name]` computes, applied element-wise in the input's dtype."""
     if name not in ACTIVATIONS:
         raise ValueError(f"hidden_act {name!r} is not supported; choose one of {', '.join(ACTIVATIONS)}")

@@ -5,6 +5,8 @@ are stacked along the sequence axis (`[batch, kv_heads, groups * seq, head_dim]`
 against their shared head.
 """
 
+from typing import Any
+
 import keras
 from keras import ops
 
@@ -18,7 +20,9 @@ _MASKED = -1e30  # finite, so a row with no visible key (padding) yields a unifo
 class MistralAttention(keras.layers.Layer):
     """Self-attention of one decoder layer: `q_proj`, `k_proj`, `v_proj`, `o_proj` (no biases)."""
 
-    def __init__(self, hidden_size, num_attention_heads, num_key_value_heads, head_dim, **kwargs):
+    def __init__(
+        self, hidden_size: int, num_attention_heads: int, num_key_value_heads: int, head_dim: int, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         self.hidden_size = hidden_size
         self.num_attention_heads = num_attention_heads
@@ -31,13 +35,16 @@ class MistralAttention(keras.layers.Layer):
         self.v_proj = keras.layers.Dense(num_key_value_heads * head_dim, name="v_proj", **dense)
         self.o_proj = keras.layers.Dense(hidden_size, name="o_proj", **dense)
 
-    def build(self, input_shape):
+    def build(self, input_shape: tuple[int | None, ...]) -> None:
         for projection in (self.q_proj, self.k_proj, self.v_proj):
             projection.build(input_shape)
         self.o_proj.build((*input_shape[:-1], self.num_attention_heads * self.head_dim))
 
-    def call(self, x, cos, sin, mask, cache=None, cache_start=None, last_only=False, past=None, output_attentions=False,
-             cache_writes=kv_cache.SLICE_WRITES):
+    def call(
+        self, x: Any, cos: Any, sin: Any, mask: Any, cache: tuple[Any, Any] | None = None, cache_start: Any = None,
+        last_only: bool = False, past: tuple[Any, Any] | None = None, output_attentions: bool = False,
+        cache_writes: str = kv_cache.SLICE_WRITES,
+    ) -> tuple[Any, ...]:
         """Attends `x` to itself, or to the cache and itself (see `tf_mistral.cache.key_positions`),
         or to HF-style past keys and values and itself.
 
@@ -115,7 +122,7 @@ class MistralAttention(keras.layers.Layer):
             return self.o_proj(out), new_cache, ops.reshape(probs, (batch, kv_heads * groups, queries_seq, -1))
         return self.o_proj(out), new_cache
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {
             **super().get_config(),
             "hidden_size": self.hidden_size,

@@ -5,10 +5,12 @@ A query at position q sees a key at position k when `k <= q`, `q - k < sliding_w
 (not padding, not an empty cache slot).
 """
 
+from typing import Any
+
 from keras import ops
 
 
-def band_mask(query_positions, key_positions, key_valid, sliding_window):
+def band_mask(query_positions: Any, key_positions: Any, key_valid: Any, sliding_window: int | None) -> Any:
     """Which keys each query may attend to.
 
     Args:

@@ -1,5 +1,7 @@
 """One decoder layer: `x += attn(input_layernorm(x)); x += mlp(post_attention_layernorm(x))`."""
 
+from typing import Any
+
 import keras
 
 from tf_mistral import cache as kv_cache
@@ -14,15 +16,15 @@ class MistralDecoderLayer(keras.layers.Layer):
 
     def __init__(
         self,
-        hidden_size,
-        intermediate_size,
-        num_attention_heads,
-        num_key_value_heads,
-        head_dim,
-        rms_norm_eps,
-        hidden_act="silu",
-        **kwargs,
-    ):
+        hidden_size: int,
+        intermediate_size: int,
+        num_attention_heads: int,
+        num_key_value_heads: int,
+        head_dim: int,
+        rms_norm_eps: float,
+        hidden_act: str = "silu",
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.hidden_size = hidden_size
         self.intermediate_size = intermediate_size
@@ -42,12 +44,15 @@ class MistralDecoderLayer(keras.layers.Layer):
         )
         self.mlp = MistralMLP(hidden_size, intermediate_size, hidden_act, name="mlp", dtype=policy)
 
-    def build(self, input_shape):
+    def build(self, input_shape: tuple[int | None, ...]) -> None:
         for sublayer in (self.input_layernorm, self.self_attn, self.post_attention_layernorm, self.mlp):
             sublayer.build(input_shape)
 
-    def call(self, x, cos, sin, mask, cache=None, cache_start=None, last_only=False, past=None, output_attentions=False,
-             cache_writes=kv_cache.SLICE_WRITES):
+    def call(
+        self, x: Any, cos: Any, sin: Any, mask: Any, cache: tuple[Any, Any] | None = None, cache_start: Any = None,
+        last_only: bool = False, past: tuple[Any, Any] | None = None, output_attentions: bool = False,
+        cache_writes: str = kv_cache.SLICE_WRITES,
+    ) -> tuple[Any, ...]:
         """`x [batch, seq, hidden]` -> `(x', new_cache)`, x' `[batch, 1, hidden]` for the last
         token alone when `last_only`, plus the attention probabilities when `output_attentions`;
         see `MistralAttention.call`."""
@@ -59,7 +64,7 @@ class MistralDecoderLayer(keras.layers.Layer):
         x = x + self.mlp(self.post_attention_layernorm(x))
         return (x, new_cache, *probs)
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {
             **super().get_config(),
             "hidden_size": self.hidden_size,

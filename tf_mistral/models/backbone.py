@@ -1,16 +1,20 @@
 """`TFMistralModel`: token embeddings, the decoder layers and the final norm."""
 
+from collections.abc import Callable
+from typing import Any
+
 import keras
 from keras import ops
 
 from tf_mistral import cache as kv_cache
+from tf_mistral.config import MistralConfig
 from tf_mistral.layers import MistralDecoderLayer, MistralRMSNorm, RotaryEmbedding
 from tf_mistral.layers.attention_mask import band_mask
 from tf_mistral.models.outputs import ModelOutput
 from tf_mistral.models.pretrained import MistralPreTrainedModel
 
 
-def unpack_inputs(input_ids, attention_mask):
+def unpack_inputs(input_ids: Any, attention_mask: Any) -> tuple[Any, Any]:
     """Accepts `model(ids, attention_mask=...)` and `model({"input_ids": ..., ...})` (fit, predict).
 
     A dict may also carry "labels" (for `fit`, which passes the whole dict to `call`); the forward
@@ -34,7 +38,7 @@ class TFMistralModel(MistralPreTrainedModel):
 
     hf_architecture = "MistralModel"
 
-    def __init__(self, config, **kwargs):
+    def __init__(self, config: MistralConfig | dict[str, Any], **kwargs: Any) -> None:
         super().__init__(config, **kwargs)
         config = self.config
         policy = self.dtype_policy
@@ -58,7 +62,7 @@ class TFMistralModel(MistralPreTrainedModel):
         self.norm = MistralRMSNorm(config.rms_norm_eps, name="norm", dtype=policy)
         self.rotary_emb = RotaryEmbedding(config.head_dim, config.rope_theta, name="rotary_emb", dtype=policy)
 
-    def build(self, input_shape=None):
+    def build(self, input_shape: Any = None) -> None:
         hidden_shape = (None, None, self.config.hidden_size)
         self.embed_tokens.build((None, None))
         for layer in self.decoder_layers:
@@ -110,7 +114,7 @@ class TFMistralModel(MistralPreTrainedModel):
             states[-1] = hidden  # as HF: the last entry is the final norm's output
         return hidden, new_cache, states, attentions
 
-    def empty_past(self, batch_size):
+    def empty_past(self, batch_size: Any) -> tuple[tuple[Any, Any], ...]:
         """`past_key_values` holding nothing: per layer `(K, V)` of zeros `[batch, kv_heads, 0, head_dim]`."""
         config = self.config
         shape = (batch_size, config.num_key_value_heads, 0, config.head_dim)
@@ -120,9 +124,11 @@ class TFMistralModel(MistralPreTrainedModel):
         )
 
     def call(
-        self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None, inputs_embeds=None,
-        use_cache=None, output_attentions=None, output_hidden_states=None, return_dict=None, layer_intercept_fn=None,
-    ):
+        self, input_ids: Any = None, attention_mask: Any = None, position_ids: Any = None,
+        past_key_values: tuple[tuple[Any, Any], ...] | None = None, inputs_embeds: Any = None,
+        use_cache: bool | None = None, output_attentions: bool | None = None, output_hidden_states: bool | None = None,
+        return_dict: bool | None = None, layer_intercept_fn: Callable[[Any, int], Any] | None = None,
+    ) -> ModelOutput | tuple[Any, ...]:
         """Full-sequence forward (training, scoring, classification), with HF's arguments.
 
         Args:
@@ -194,8 +200,10 @@ class TFMistralModel(MistralPreTrainedModel):
             output["attentions"] = tuple(attentions)
         return self.format_output(output, return_dict)
 
-    def forward_with_cache(self, input_ids, cache, start, pad_start=None, last_only=False,
-                           cache_writes=kv_cache.SLICE_WRITES):
+    def forward_with_cache(
+        self, input_ids: Any, cache: list[tuple[Any, Any]], start: Any, pad_start: Any = None, last_only: bool = False,
+        cache_writes: str = kv_cache.SLICE_WRITES,
+    ) -> tuple[Any, list[tuple[Any, Any]]]:
         """A chunk of tokens against the fixed-size cache (prefill or one decode step).
 
         Args:

@@ -1,15 +1,19 @@
 """Classification heads: one label per sequence, or one label per token."""
 
+from typing import Any
+
 import keras
 from keras import ops
 
+from tf_mistral.config import MistralConfig
 from tf_mistral.models import head_losses
 from tf_mistral.models.backbone import TFMistralModel, unpack_inputs
+from tf_mistral.models.outputs import ModelOutput
 from tf_mistral.models.pretrained import MistralPreTrainedModel
 from tf_mistral.training.trainer import TrainingMixin
 
 
-def last_token_index(hidden, input_ids, attention_mask, pad_token_id):
+def last_token_index(hidden: Any, input_ids: Any, attention_mask: Any, pad_token_id: int | None) -> Any:
     """int32 `[batch]`: the rightmost real token of each row of `hidden [batch, seq, hidden]`,
     for left and right padding alike.
 
@@ -34,22 +38,24 @@ class TFMistralForSequenceClassification(TrainingMixin, MistralPreTrainedModel):
     hf_architecture = "MistralForSequenceClassification"
     training_task = "sequence_classification"
 
-    def __init__(self, config, **kwargs):
+    def __init__(self, config: MistralConfig | dict[str, Any], **kwargs: Any) -> None:
         super().__init__(config, **kwargs)
         self.model = TFMistralModel(self.config, name="model", dtype=self.dtype_policy)
         self.score = keras.layers.Dense(
             self.config.num_labels, use_bias=False, name="score", dtype=self.dtype_policy
         )
 
-    def build(self, input_shape=None):
+    def build(self, input_shape: Any = None) -> None:
         self.model.build()
         self.score.build((None, self.config.hidden_size))
         self.built = True
 
     def call(
-        self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None, inputs_embeds=None,
-        labels=None, use_cache=None, output_attentions=None, output_hidden_states=None, return_dict=None,
-    ):
+        self, input_ids: Any = None, attention_mask: Any = None, position_ids: Any = None,
+        past_key_values: tuple[tuple[Any, Any], ...] | None = None, inputs_embeds: Any = None, labels: Any = None,
+        use_cache: bool | None = None, output_attentions: bool | None = None, output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> ModelOutput | tuple[Any, ...]:
         """`ModelOutput(loss, logits [batch, num_labels], past_key_values, hidden_states, attentions)`,
         the optional entries when asked; arguments as `TFMistralModel.call`, plus `labels`:
         int `[batch]` classes, or float `[batch, num_labels]` for regression and multi-label
@@ -76,23 +82,24 @@ class TFMistralForTokenClassification(TrainingMixin, MistralPreTrainedModel):
     hf_architecture = "MistralForTokenClassification"
     training_task = "token_classification"
 
-    def __init__(self, config, **kwargs):
+    def __init__(self, config: MistralConfig | dict[str, Any], **kwargs: Any) -> None:
         super().__init__(config, **kwargs)
         rate = 0.1 if self.config.classifier_dropout is None else self.config.classifier_dropout
         self.model = TFMistralModel(self.config, name="model", dtype=self.dtype_policy)
         self.dropout = keras.layers.Dropout(rate, name="dropout")
         self.score = keras.layers.Dense(self.config.num_labels, name="score", dtype=self.dtype_policy)
 
-    def build(self, input_shape=None):
+    def build(self, input_shape: Any = None) -> None:
         self.model.build()
         self.score.build((None, None, self.config.hidden_size))
         self.built = True
 
     def call(
-        self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None, inputs_embeds=None,
-        labels=None, use_cache=None, output_attentions=None, output_hidden_states=None, return_dict=None,
-        training=None,
-    ):
+        self, input_ids: Any = None, attention_mask: Any = None, position_ids: Any = None,
+        past_key_values: tuple[tuple[Any, Any], ...] | None = None, inputs_embeds: Any = None, labels: Any = None,
+        use_cache: bool | None = None, output_attentions: bool | None = None, output_hidden_states: bool | None = None,
+        return_dict: bool | None = None, training: bool | None = None,
+    ) -> ModelOutput | tuple[Any, ...]:
         """`ModelOutput(loss, logits [batch, seq, num_labels], past_key_values, hidden_states,
         attentions)`, the optional entries when asked; arguments as `TFMistralModel.call`, plus
         `labels`: int `[batch, seq]`, -100 where not scored (mean cross-entropy, as HF)."""

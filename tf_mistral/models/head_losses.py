@@ -4,8 +4,11 @@ Every loss is a float32 scalar computed from float32 logits. Cross-entropies are
 labelled positions (labels != -100); a batch with none gives NaN, as in PyTorch.
 """
 
+from typing import Any
+
 from keras import ops
 
+from tf_mistral.config import MistralConfig
 from tf_mistral.training.losses import statistics
 
 
@@ -14,18 +17,18 @@ def _mean_cross_entropy(task, labels, logits):
     return stats.nll / stats.weight
 
 
-def causal_lm_loss(labels, logits):
+def causal_lm_loss(labels: Any, logits: Any) -> Any:
     """Mean next-token cross-entropy: labels int `[batch, seq]` aligned with the inputs (shifted
     here, as HF does), logits `[batch, seq, vocab]`."""
     return _mean_cross_entropy("causal_lm", labels, logits)
 
 
-def token_classification_loss(labels, logits):
+def token_classification_loss(labels: Any, logits: Any) -> Any:
     """Mean cross-entropy: labels int `[batch, seq]`, logits `[batch, seq, num_labels]`."""
     return _mean_cross_entropy("token_classification", labels, logits)
 
 
-def problem_type(config, labels):
+def problem_type(config: MistralConfig, labels: Any) -> str:
     """`config.problem_type`, or HF's choice when it is None: regression for one label,
     single-label classification for integer labels, multi-label classification otherwise."""
     if config.problem_type is not None:
@@ -37,7 +40,7 @@ def problem_type(config, labels):
     return "multi_label_classification"
 
 
-def sequence_classification_loss(config, labels, logits):
+def sequence_classification_loss(config: MistralConfig, labels: Any, logits: Any) -> Any:
     """HF's loss for pooled logits `[batch, num_labels]`, by `problem_type(config, labels)`:
 
     - regression: mean squared error against float labels `[batch, num_labels]` (`[batch]` for

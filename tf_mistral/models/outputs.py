@@ -4,6 +4,9 @@ It is registered as a Keras tree node, so `fit`, `predict` and `keras.tree` walk
 plain dict.
 """
 
+from collections.abc import Iterable
+from typing import Any
+
 from keras.src.tree import register_tree_node_class  # Keras has no public alias for this yet
 
 
@@ -17,15 +20,15 @@ class ModelOutput(dict):
         except KeyError:
             raise AttributeError(f"this output has no {name!r}; it has {sorted(self)}") from None
 
-    def to_tuple(self):
+    def to_tuple(self) -> tuple[Any, ...]:
         """The values in HF's order (`loss` first, then `logits` or `last_hidden_state`, ...),
         as `return_dict=False` returns them."""
         return tuple(self.values())
 
-    def tree_flatten(self):
+    def tree_flatten(self) -> tuple[tuple[Any, ...], tuple[str, ...], tuple[str, ...]]:
         keys = tuple(self.keys())
         return tuple(self[k] for k in keys), keys, keys
 
     @classmethod
-    def tree_unflatten(cls, keys, values):
+    def tree_unflatten(cls, keys: tuple[str, ...], values: Iterable[Any]) -> "ModelOutput":
         return cls(zip(keys, values))

@@ -10,6 +10,9 @@ gets the folder's tokenizer as its preprocessor, as KerasHub's causal LMs come w
 
 import dataclasses
 import os
+from typing import Any
+
+import keras
 
 from tf_mistral.config import PRESETS, MistralConfig
 from tf_mistral.models.text_io import as_preprocessor
@@ -24,7 +27,9 @@ class PresetMixin:
     """`from_preset` for `MistralPreTrainedModel`."""
 
     @classmethod
-    def from_preset(cls, preset, load_weights=True, **kwargs):
+    def from_preset(
+        cls, preset: str | os.PathLike, load_weights: bool = True, **kwargs: Any
+    ) -> keras.Model:
         """KerasHub's `from_preset` for a local folder, or a preset name without weights.
 
         Args:

@@ -4,6 +4,7 @@ Face `from_pretrained` / `save_pretrained` pair, and the model methods of HF's T
 
 import json
 import os
+from typing import TYPE_CHECKING, Any
 
 import keras
 from keras import ops
@@ -15,10 +16,13 @@ from tf_mistral.config import MistralConfig
 from tf_mistral.models.outputs import ModelOutput
 from tf_mistral.models.presets import PresetMixin
 
+if TYPE_CHECKING:
+    import tensorflow as tf
+
 GENERATION_CONFIG = "generation_config.json"
 
 
-def read_generation_config(path):
+def read_generation_config(path: str | os.PathLike) -> dict[str, Any] | None:
     """`path/generation_config.json` as a dict, or None when the folder has none."""
     file = os.path.join(path, GENERATION_CONFIG)
     if not os.path.exists(file):
@@ -51,7 +55,7 @@ class MistralPreTrainedModel(PresetMixin, keras.Model):
 
     main_input_name = "input_ids"
 
-    def __init__(self, config, **kwargs):
+    def __init__(self, config: MistralConfig | dict[str, Any], **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if isinstance(config, dict):
             config = MistralConfig(**config)
@@ -59,12 +63,12 @@ class MistralPreTrainedModel(PresetMixin, keras.Model):
             raise TypeError(f"config must be a MistralConfig or a dict, got {type(config).__name__}")
         self.config = config
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {"name": self.name, "dtype": keras.dtype_policies.serialize(self.dtype_policy),
                 "config": self.config.to_dict()}
 
     @classmethod
-    def from_config(cls, config):
+    def from_config(cls, config: dict[str, Any] | MistralConfig) -> "MistralPreTrainedModel":
         """A built model from Keras' `get_config()` dict, or (as HF) from a `MistralConfig`."""
         if isinstance(config, MistralConfig):
             config = {"config": config.to_dict()}
@@ -80,13 +84,15 @@ class MistralPreTrainedModel(PresetMixin, keras.Model):
     # ------------------------------------------------------------------------------------------
     # Outputs
 
-    def format_output(self, output, return_dict):
+    def format_output(self, output: ModelOutput, return_dict: bool | None) -> ModelOutput | tuple[Any, ...]:
         """`output` (a `ModelOutput`), or its `to_tuple()` when `return_dict` (default
         `config.return_dict`) is False."""
         return_dict = self.config.return_dict if return_dict is None else return_dict
         return output if return_dict else output.to_tuple()
 
-    def head_output(self, loss, logits, backbone, return_dict):
+    def head_output(
+        self, loss: Any, logits: Any, backbone: ModelOutput, return_dict: bool | None
+    ) -> ModelOutput | tuple[Any, ...]:
         """A head's output in HF's order: `loss` (when labels were given), `logits`, then what the
         backbone's output carries besides `last_hidden_state`."""
         output = ModelOutput() if loss is None else ModelOutput(loss=loss)
@@ -102,11 +108,11 @@ class MistralPreTrainedModel(PresetMixin, keras.Model):
         so that Keras' saving walk over attributes meets no cycle)."""
         return getattr(self, "model", self)
 
-    def get_input_embeddings(self):
+    def get_input_embeddings(self) -> keras.layers.Embedding:
         """The token embedding layer, `keras.layers.Embedding [vocab, hidden]`."""
         return self._backbone().embed_tokens
 
-    def set_input_embeddings(self, value):
+    def set_input_embeddings(self, value: Any) -> None:
         """Replaces the token embeddings with `value`: a built `keras.layers.Embedding` of width
         `hidden_size`, or a float matrix `[vocab, hidden]`; `config.vocab_size` follows."""
         if not isinstance(value, keras.layers.Layer):
@@ -117,14 +123,14 @@ class MistralPreTrainedModel(PresetMixin, keras.Model):
         self._swap_sublayer(self._backbone(), "embed_tokens", value)
         self.config.vocab_size = value.input_dim
 
-    def get_output_embeddings(self):
+    def get_output_embeddings(self) -> keras.layers.Layer | None:
         """The causal LM's `lm_head` Dense layer (kernel `[hidden, vocab]`), its embedding layer
         when `config.tie_word_embeddings`; None for the other models."""
         if not hasattr(self, "lm_head"):
             return None
         return self.get_input_embeddings() if self.lm_head is None else self.lm_head
 
-    def resize_token_embeddings(self, new_num_tokens=None):
+    def resize_token_embeddings(self, new_num_tokens: int | None = None) -> keras.layers.Embedding:
         """Gives the vocabulary `new_num_tokens` rows (as HF): the embeddings, and the `lm_head`
         of an untied causal LM, are cut or extended; new rows (and lm_head columns) start as the mean
         of the old ones. Sets `config.vocab_size`; returns the embedding layer."""
@@ -169,20 +175,23 @@ class MistralPreTrainedModel(PresetMixin, keras.Model):
             owner._tracker.lock()
 
     @property
-    def dummy_inputs(self):
+    def dummy_inputs(self) -> dict[str, Any]:
         """A small batch to build or trace the model with, as HF's TF classes: int32 `input_ids`
         `[3, 5]`."""
         return {"input_ids": ops.convert_to_tensor([[7, 6, 0, 0, 1], [1, 2, 3, 0, 0], [0, 0, 0, 4, 5]], "int32")}
 
     @property
-    def input_signature(self):
+    def input_signature(self) -> "dict[str, tf.TensorSpec]":
         """`tf.TensorSpec`s of the inputs, as HF's TF classes: int32 `[batch, seq]` `input_ids`
         and `attention_mask`."""
         import tensorflow as tf
 
         return {name: tf.TensorSpec((None, None), tf.int32, name=name) for name in ("input_ids", "attention_mask")}
 
-    def prepare_tf_dataset(self, dataset, batch_size=8, shuffle=True, drop_remainder=False, seed=None):
+    def prepare_tf_dataset(
+        self, dataset: Any, batch_size: int = 8, shuffle: bool = True, drop_remainder: bool = False,
+        seed: int | None = None,
+    ) -> "tf.data.Dataset":
         """A `tf.data.Dataset` of padded batches for `fit` / `predict`, as HF's method makes from
         a `datasets.Dataset`.
 
@@ -223,9 +232,10 @@ class MistralPreTrainedModel(PresetMixin, keras.Model):
 
     @classmethod
     def from_pretrained(
-        cls, path, dtype=None, progress=True, ignore_mismatched_sizes=False, from_pt=False, from_tf=False,
-        quantize=None, **config_overrides,
-    ):
+        cls, path: str | os.PathLike, dtype: str | None = None, progress: bool = True,
+        ignore_mismatched_sizes: bool = False, from_pt: bool = False, from_tf: bool = False,
+        quantize: str | None = None, **config_overrides: Any,
+    ) -> "MistralPreTrainedModel":
         """Loads a Hugging Face checkpoint folder (config.json + safetensors).
 
         Args:
@@ -266,7 +276,10 @@ class MistralPreTrainedModel(PresetMixin, keras.Model):
             model.generation_config = generation_config  # generate's defaults (a causal LM)
         return model
 
-    def save_pretrained(self, path, max_shard_size="5GB", dtype=None, progress=True, saved_model=False):
+    def save_pretrained(
+        self, path: str | os.PathLike, max_shard_size: int | str = "5GB", dtype: str | None = None,
+        progress: bool = True, saved_model: bool = False,
+    ) -> None:
         """Writes `config.json` and safetensors (sharded above `max_shard_size`, with an index)
         that HF transformers loads; `dtype` converts the weights ("bfloat16", "float16", ...).
         A causal LM also writes `generation_config.json`. `saved_model=True` also writes a

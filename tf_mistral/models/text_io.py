@@ -1,14 +1,19 @@
 """KerasHub's habits for a causal LM: an attached preprocessor, so that `generate` and `predict`
 take raw strings, and `score()` (logits or per-token loss of given ids, with a layer hook)."""
 
+from collections.abc import Callable, Sequence
+import os
+from typing import Any
+
 import keras
 import numpy as np
 import tensorflow as tf
 
+from tf_mistral.generation.outputs import GenerateOutput
 from tf_mistral.tokenizer import MistralPreprocessor, MistralTokenizer
 
 
-def is_text(inputs):
+def is_text(inputs: Any) -> bool:
     """Whether `inputs` is a str or a non-empty list / tuple / numpy array of str."""
     if isinstance(inputs, str):
         return True
@@ -17,7 +22,9 @@ def is_text(inputs):
     return isinstance(inputs, (list, tuple)) and len(inputs) > 0 and all(isinstance(x, str) for x in inputs)
 
 
-def as_preprocessor(preprocessor, path):
+def as_preprocessor(
+    preprocessor: bool | str | MistralTokenizer | MistralPreprocessor, path: str | os.PathLike | None
+) -> MistralPreprocessor:
     """A `MistralPreprocessor` from what `from_pretrained(preprocessor=...)` takes: True (the
     tokenizer.model of `path`), a folder or .model file, a `MistralTokenizer`, or a preprocessor."""
     if isinstance(preprocessor, MistralPreprocessor):
@@ -46,18 +53,21 @@ class TextMixin:
             super().__setattr__(name, value)
 
     @property
-    def preprocessor(self):
+    def preprocessor(self) -> MistralPreprocessor | None:
         """The attached `MistralPreprocessor`, or None (then inputs are token ids)."""
         return getattr(self, "_preprocessor", None)
 
     @preprocessor.setter
-    def preprocessor(self, value):
+    def preprocessor(self, value: MistralPreprocessor | None) -> None:
         if value is not None and not isinstance(value, MistralPreprocessor):
             raise TypeError(f"preprocessor must be a MistralPreprocessor or None, got {type(value).__name__}")
         object.__setattr__(self, "_preprocessor", value)  # untracked by Keras (see the class docstring)
 
     @classmethod
-    def from_pretrained(cls, path, *args, preprocessor=None, **kwargs):
+    def from_pretrained(
+        cls, path: str | os.PathLike, *args: Any,
+        preprocessor: bool | str | MistralTokenizer | MistralPreprocessor | None = None, **kwargs: Any,
+    ) -> keras.Model:
         """As `MistralPreTrainedModel.from_pretrained`, plus `preprocessor`: True attaches one with
         the checkpoint's tokenizer.model; also a tokenizer folder, a `MistralTokenizer` or a
         `MistralPreprocessor` (KerasHub's `CausalLM.from_preset` habit)."""
@@ -74,7 +84,9 @@ class TextMixin:
             )
         return self.preprocessor.tokenizer
 
-    def generate(self, input_ids, *args, **kwargs):
+    def generate(
+        self, input_ids: Any, *args: Any, **kwargs: Any
+    ) -> np.ndarray | tf.Tensor | GenerateOutput | str | list[str]:
         """`GenerationMixin.generate`; with a preprocessor, `input_ids` may also be a str or a list
         of str, and the result is then the prompts followed by their continuations, as str (a list
         for a list), special tokens dropped (KerasHub's `CausalLM.generate`)."""
@@ -90,19 +102,22 @@ class TextMixin:
         texts = tokenizer.batch_decode(sequences, skip_special_tokens=True)
         return texts[0] if isinstance(input_ids, str) else texts
 
-    def predict(self, x, *args, **kwargs):
+    def predict(self, x: Any, *args: Any, **kwargs: Any) -> Any:
         """Keras `predict`; with a preprocessor, `x` may also be strings (run through it first)."""
         if is_text(x):
             x = self.preprocessor_outputs(x)
         return super().predict(x, *args, **kwargs)
 
-    def preprocessor_outputs(self, texts):
+    def preprocessor_outputs(self, texts: str | Sequence[str]) -> dict[str, tf.Tensor]:
         """The preprocessor's `input_ids` / `attention_mask` for a str or a list of str."""
         self._tokenizer_for_text()
         outputs = self.preprocessor(tf.constant([texts] if isinstance(texts, str) else list(texts), tf.string))
         return {"input_ids": outputs["input_ids"], "attention_mask": outputs["attention_mask"]}
 
-    def score(self, token_ids, padding_mask=None, scoring_mode="logits", layer_intercept_fn=None, target_ids=None):
+    def score(
+        self, token_ids: Any, padding_mask: Any = None, scoring_mode: str = "logits",
+        layer_intercept_fn: Callable[[Any, int], Any] | None = None, target_ids: Any = None,
+    ) -> tf.Tensor:
         """KerasHub's `CausalLM.score`: the logits of `token_ids`, or the loss of each token.
 
         Args:

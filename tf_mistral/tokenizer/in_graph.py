@@ -55,7 +55,7 @@ class InGraphTokenizer(tf.Module):
         padding_side: str = "left",
         chat_format: str | None = None,
         name: str = "mistral_tokenizer",
-    ):
+    ) -> None:
         super().__init__(name=name)
         processor = load_processor(model_proto)
         self.model_proto = model_proto

@@ -43,7 +43,10 @@ def padding_mode(padding: bool | str | None, max_length: int | None) -> str | No
     raise ValueError(f"padding must be True/'longest', 'max_length' or False, got {padding!r}")
 
 
-def as_id_rows(ids, vocab_size: int, single: bool) -> tf.RaggedTensor:
+def as_id_rows(
+    ids: Sequence[int] | Sequence[Sequence[int]] | np.ndarray | tf.Tensor | tf.RaggedTensor, vocab_size: int,
+    single: bool,
+) -> tf.RaggedTensor:
     """Validated int32 RaggedTensor [batch, None] from tensors, arrays or lists of ints.
 
     ids: a list of ints or of int lists, a numpy array or tf tensor of rank 1 or 2, or a RaggedTensor.

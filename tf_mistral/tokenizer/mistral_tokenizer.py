@@ -9,6 +9,7 @@ import base64
 from collections.abc import Sequence
 import functools
 import os
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
@@ -39,14 +40,14 @@ class MistralTokenizer(InGraphTokenizer):
     # ---- construction ---------------------------------------------------------------------------
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike | None = None, **kwargs) -> "MistralTokenizer":
+    def from_pretrained(cls, path: str | os.PathLike | None = None, **kwargs: Any) -> "MistralTokenizer":
         """Load tokenizer.model from a checkpoint folder (or a .model file); no path: `default("v1")`."""
         if path is None:
             return cls.default("v1", **kwargs)
         return cls(find_model_file(path).read_bytes(), **kwargs)
 
     @classmethod
-    def default(cls, version: str = "v1", **kwargs) -> "MistralTokenizer":
+    def default(cls, version: str = "v1", **kwargs: Any) -> "MistralTokenizer":
         """The real Mistral tokenizer shipped in mistral-common: "v1" (7B v0.1/v0.2) or "v3" (v0.3)."""
         return cls(default_model_proto(version), **kwargs)
 
@@ -119,12 +120,15 @@ class MistralTokenizer(InGraphTokenizer):
             raise TypeError(f"encode takes one str, got {type(text).__name__}; call the tokenizer for a batch")
         return self(text, add_special_tokens=add_special_tokens)["input_ids"]
 
-    def decode(self, ids, skip_special_tokens: bool = False) -> str:
+    def decode(self, ids: Sequence[int] | np.ndarray | tf.Tensor, skip_special_tokens: bool = False) -> str:
         """One sequence of ids (list, numpy, tf tensor) -> str."""
         rows = as_id_rows(ids, self.vocab_size, single=True)
         return self._decode_rows(rows, skip_special_tokens)[0].decode("utf-8")
 
-    def batch_decode(self, sequences, skip_special_tokens: bool = False) -> list[str]:
+    def batch_decode(
+        self, sequences: Sequence[Sequence[int]] | np.ndarray | tf.Tensor | tf.RaggedTensor,
+        skip_special_tokens: bool = False,
+    ) -> list[str]:
         """A batch of id sequences ([batch, len] tensor/array, RaggedTensor, list of lists) -> list of str.
 
         Padding is `pad_token_id`: dropped with `skip_special_tokens`, else written as its piece.
@@ -163,7 +167,7 @@ class MistralTokenizer(InGraphTokenizer):
         return_tensors: str | None = None,
         return_dict: bool = False,
         padding_side: str | None = None,
-    ):
+    ) -> list[int] | list[list[int]] | np.ndarray | tf.Tensor | dict[str, Any]:
         """Token ids of a chat, equal to mistral-common's `encode_chat_completion`.
 
         Args:

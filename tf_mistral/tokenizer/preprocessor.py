@@ -1,6 +1,8 @@
 """`MistralPreprocessor`: the Keras layer that turns strings into fixed-length model inputs,
 in-graph (`dataset.map`, a SavedModel, or the first layer of a model)."""
 
+from typing import Any
+
 import keras
 import tensorflow as tf
 
@@ -34,8 +36,8 @@ class MistralPreprocessor(keras.layers.Layer):
         padding_side: str = "right",
         add_labels: bool = False,
         add_eos: bool | None = None,
-        **kwargs,
-    ):
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.tokenizer = tokenizer or MistralTokenizer.default("v1")
         self.sequence_length = int(sequence_length)

@@ -2,6 +2,8 @@
 the vocabulary, and the tensorflow-text op that encodes and decodes in-graph, rebuilt when
 `tf.random.set_seed` drops its resource."""
 
+from typing import Any
+
 import sentencepiece
 import tensorflow as tf
 import tensorflow_text as tf_text
@@ -21,7 +23,7 @@ class SentencepieceOp(tf.Module):
         **options: more arguments of `tensorflow_text.SentencepieceTokenizer` (`add_bos`, `add_eos`).
     """
 
-    def __init__(self, model_proto: bytes, **options):
+    def __init__(self, model_proto: bytes, **options: Any) -> None:
         super().__init__()
         self._arguments = dict(model=model_proto, out_type=tf.int32, **options)
         self._op = tf_text.SentencepieceTokenizer(**self._arguments)

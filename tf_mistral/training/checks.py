@@ -12,8 +12,10 @@
 """
 
 import collections
+from collections.abc import Sequence
 import math
 import re
+from typing import Any
 
 import keras
 import numpy as np
@@ -33,7 +35,7 @@ name: the input's key ("input_ids", "labels"); bound: what the size is, for the 
 _REFUSED = re.compile(r"assertion failed: \[((?:input_ids|labels) contain [^\]]*)\]")
 
 
-def id_ranges(task, vocab_size, num_labels):
+def id_ranges(task: str, vocab_size: int, num_labels: int) -> list[IdRange]:
     """The `IdRange`s of the inputs of the head `task`: input ids, and labels (ids for the causal LM,
     classes for the classifiers)."""
     ids = f"the vocabulary has {vocab_size} ids"
@@ -79,7 +81,7 @@ def _out_of_range(values, id_range, batch=None):
     return tf.cond(tf.size(found) > 0, sentence, lambda: tf.constant(""))
 
 
-def check_arrays(x, y, ranges):
+def check_arrays(x: Any, y: Any, ranges: Sequence[IdRange]) -> None:
     """Raises ValueError naming the first id or label of in-memory `x` / `y` (numpy arrays or
     tensors, `x` possibly a dict) outside `ranges` (`id_ranges`). Other inputs (generators) pass."""
     by_name = {r.name: r for r in ranges}
@@ -91,7 +93,7 @@ def check_arrays(x, y, ranges):
             raise ValueError(message)
 
 
-def checked_dataset(dataset, ranges):
+def checked_dataset(dataset: tf.data.Dataset, ranges: Sequence[IdRange]) -> tf.data.Dataset:
     """`dataset` whose batches fail, with the message of `_out_of_range`, when an id or label is
     outside `ranges` (`id_ranges`; `refused_input` turns that failure back into the message).
     Batches are dicts, `x`, `(x, y)` or `(x, y, sample_weight)` as Keras takes them; the reported
@@ -107,13 +109,13 @@ def checked_dataset(dataset, ranges):
     return with_length(dataset.enumerate().map(check), dataset.cardinality())
 
 
-def refused_input(error):
+def refused_input(error: BaseException) -> str | None:
     """The message of `checked_dataset`'s failure inside a TensorFlow error, or None."""
     match = _REFUSED.search(str(error))
     return match.group(1) if match else None
 
 
-def check_learning_rate(optimizer, when):
+def check_learning_rate(optimizer: keras.optimizers.Optimizer, when: str) -> None:
     """Raises ValueError unless the learning rate that `optimizer` would use now (a schedule's value
     at the current step) is finite. `when` places it in the message ("in compile()")."""
     rate = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
@@ -136,18 +138,18 @@ class StopOnNonFinite(keras.callbacks.Callback):
             or None. While it is 0 the loss is NaN by design (no batch had a label) and not checked.
     """
 
-    def __init__(self, counted=None):
+    def __init__(self, counted: str | None = None) -> None:
         super().__init__()
         self.counted = counted
         self.epoch = 0
 
-    def on_epoch_begin(self, epoch, logs=None):
+    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         self.epoch = epoch
 
-    def on_train_batch_begin(self, batch, logs=None):
+    def on_train_batch_begin(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         check_learning_rate(self.model.optimizer, f"at epoch {self.epoch}, batch {batch}")
 
-    def on_train_batch_end(self, batch, logs=None):
+    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         logs = logs or {}
         loss = logs.get("loss")
         if loss is None or math.isfinite(loss) or (self.counted is not None and logs.get(self.counted) == 0):

@@ -23,14 +23,17 @@ where no loss is taken; the causal LM loss shifts the labels itself, as HF does)
 Tokenization runs inside the tf.data graph (tensorflow-text), so it overlaps with training.
 """
 
+from collections.abc import Iterable, Mapping, Sequence
 import json
 import os
+from typing import Any
 
 import tensorflow as tf
 from tensorflow.python.data.ops import dataset_ops
 
 from tf_mistral import chat
 from tf_mistral.labels import IGNORE_INDEX
+from tf_mistral.tokenizer import MistralTokenizer
 
 BUCKET_STEP = 64
 
@@ -38,7 +41,7 @@ BUCKET_STEP = 64
 # ---- reading --------------------------------------------------------------------------------
 
 
-def read_texts(paths, split="file"):
+def read_texts(paths: str | os.PathLike | Iterable[str | os.PathLike], split: str = "file") -> list[str]:
     """Plain-text examples from files: one per file ("file"), per blank-line-separated paragraph
     ("paragraph") or per non-empty line ("line"). `paths`: a path or a list of paths (UTF-8)."""
     if split not in ("file", "paragraph", "line"):
@@ -60,7 +63,9 @@ def read_texts(paths, split="file"):
     return examples
 
 
-def read_jsonl(path, text_key="text", messages_key="messages"):
+def read_jsonl(
+    path: str | os.PathLike, text_key: str = "text", messages_key: str = "messages"
+) -> list[str] | list[list[dict[str, Any]]]:
     """Examples from a JSON Lines file: each line an object with `text_key` (plain text) or
     `messages_key` (a chat: a list of {"role", "content"}). Returns a list of str or of message
     lists; a file must hold one kind only."""
@@ -115,7 +120,7 @@ def _text_example(tokenizer, texts):
     return encode
 
 
-def assistant_mask(tokenizer, ids, roles, contents):
+def assistant_mask(tokenizer: MistralTokenizer, ids: tf.Tensor, roles: tf.Tensor, contents: tf.Tensor) -> tf.Tensor:
     """bool `[tokens]`: which of a conversation's ids belong to assistant turns (reply + `</s>`).
 
     In both Mistral formats an assistant turn is encoded as `sp(reply) </s>` (v3 strips trailing
@@ -174,7 +179,7 @@ class _DeclaredLength(dataset_ops.UnaryUnchangedStructureDataset):
         return tf.constant(self._length, tf.int64)
 
 
-def with_length(dataset, length):
+def with_length(dataset: tf.data.Dataset, length: int | tf.Tensor) -> tf.data.Dataset:
     """`dataset`, telling Keras it has `length` batches (an int or int64 scalar) when its own
     cardinality differs: the length of a dataset tf.data cannot count (`ResumableBackup.dataset`),
     which a transformation of it (`map`) would otherwise lose."""
@@ -182,7 +187,9 @@ def with_length(dataset, length):
     return dataset if int(dataset.cardinality()) == length else _DeclaredLength(dataset, length)
 
 
-def example_order(count, shuffle, seed, epoch):
+def example_order(
+    count: int, shuffle: bool, seed: int | None, epoch: int | tf.Tensor | tf.Variable | None
+) -> tf.data.Dataset:
     """Dataset of example indices (int64) for one pass: in order, shuffled by tf.data at each pass
     (`epoch` None), or a permutation that depends on `(seed, epoch)` only (`epoch` an int, a tensor
     or a tf.Variable such as `ResumableBackup.epoch`, read when each pass starts)."""
@@ -206,13 +213,15 @@ def _packed(dataset, sequence_length, batch_size, drop_remainder):
     return rows.batch(batch_size, drop_remainder=drop_remainder)
 
 
-def bucket_lengths(sequence_length, step=BUCKET_STEP):
+def bucket_lengths(sequence_length: int, step: int = BUCKET_STEP) -> list[int]:
     """Padded row lengths of the buckets: step, 2 * step, ..., and `sequence_length`."""
     return sorted({min(n, sequence_length) for n in range(step, sequence_length + step, step)})
 
 
-def padded_batches(dataset, sequence_length, batch_size, pad_token_id, drop_remainder=False, buckets=None,
-                   label_shape=None):
+def padded_batches(
+    dataset: tf.data.Dataset, sequence_length: int, batch_size: int, pad_token_id: int, drop_remainder: bool = False,
+    buckets: Sequence[int] | None = None, label_shape: list[int] | None = None,
+) -> tf.data.Dataset:
     """Right-pads examples (dicts with `input_ids [n]`, optional `labels [n]`) into batches bucketed
     by length; adds `attention_mask`. `label_shape=[]` for one label per example (classification)."""
     buckets = buckets or bucket_lengths(sequence_length)
@@ -234,19 +243,19 @@ def padded_batches(dataset, sequence_length, batch_size, pad_token_id, drop_rema
 
 
 def causal_lm_dataset(
-    examples,
-    tokenizer,
-    sequence_length,
-    batch_size,
+    examples: Sequence[str] | Sequence[Sequence[Mapping[str, str]]],
+    tokenizer: MistralTokenizer,
+    sequence_length: int,
+    batch_size: int,
     *,
-    packing=True,
-    shuffle=True,
-    seed=0,
-    epoch=None,
-    train_on="assistant",
-    drop_remainder=True,
-    buckets=None,
-):
+    packing: bool = True,
+    shuffle: bool = True,
+    seed: int = 0,
+    epoch: int | tf.Tensor | tf.Variable | None = None,
+    train_on: str = "assistant",
+    drop_remainder: bool = True,
+    buckets: Sequence[int] | None = None,
+) -> tf.data.Dataset:
     """A tf.data pipeline of causal LM batches (see the module docstring).
 
     Args:
@@ -283,8 +292,11 @@ def causal_lm_dataset(
     return dataset.prefetch(tf.data.AUTOTUNE)
 
 
-def sequence_classification_dataset(texts, labels, tokenizer, sequence_length, batch_size, *, shuffle=True, seed=0,
-                                    epoch=None, drop_remainder=False):
+def sequence_classification_dataset(
+    texts: Sequence[str], labels: Sequence[int], tokenizer: MistralTokenizer, sequence_length: int, batch_size: int,
+    *, shuffle: bool = True, seed: int = 0, epoch: int | tf.Tensor | tf.Variable | None = None,
+    drop_remainder: bool = False,
+) -> tf.data.Dataset:
     """Batches `({"input_ids", "attention_mask"} [batch, length], labels int32 [batch])` for
     `TFMistralForSequenceClassification.fit`: `<s> text`, truncated, right-padded by length bucket."""
     if len(texts) != len(labels):

@@ -18,6 +18,7 @@ written by `save_pretrained` (it refuses quantized models); save the adapters, l
 float base and save that.
 """
 
+from collections.abc import Iterable
 import json
 import os
 
@@ -39,7 +40,7 @@ _PEFT_TASKS = {
 }
 
 
-def resolve_targets(target_modules):
+def resolve_targets(target_modules: str | Iterable[str] | None) -> tuple[str, ...]:
     """A tuple of projection names from names, "all" / "all-linear" (every projection), or None."""
     if target_modules is None:
         return DEFAULT_TARGETS
@@ -52,7 +53,9 @@ def resolve_targets(target_modules):
     return targets
 
 
-def projections(model, targets=ALL_PROJECTIONS):
+def projections(
+    model: keras.Model, targets: Iterable[str] = ALL_PROJECTIONS
+) -> dict[str, keras.layers.Dense]:
     """`{HF module name: Dense}`, e.g. "model.layers.0.self_attn.q_proj", for the chosen projections."""
     backbone = model._backbone()
     prefix = "" if backbone is model else "model."
@@ -64,12 +67,15 @@ def projections(model, targets=ALL_PROJECTIONS):
     return found
 
 
-def lora_layers(model):
+def lora_layers(model: keras.Model) -> dict[str, keras.layers.Dense]:
     """`{HF module name: Dense}` of the projections that have LoRA enabled."""
     return {name: dense for name, dense in projections(model).items() if dense.lora_enabled}
 
 
-def enable_lora(model, rank, target_modules=DEFAULT_TARGETS, lora_alpha=None):
+def enable_lora(
+    model: keras.Model, rank: int, target_modules: str | Iterable[str] | None = DEFAULT_TARGETS,
+    lora_alpha: float | None = None,
+) -> keras.Model:
     """Adds rank-`rank` LoRA to the `target_modules` projections of every layer; freezes the rest.
 
     Args:
@@ -101,7 +107,7 @@ def enable_lora(model, rank, target_modules=DEFAULT_TARGETS, lora_alpha=None):
     return model
 
 
-def save_lora_weights(model, path):
+def save_lora_weights(model: keras.Model, path: str | os.PathLike) -> None:
     """Writes the adapters (and a classifier's `score`) to the folder `path` in PEFT's layout."""
     layers = lora_layers(model)
     if not layers:
@@ -140,7 +146,7 @@ def save_lora_weights(model, path):
     os.replace(temporary, os.path.join(path, ADAPTER_CONFIG))
 
 
-def load_lora_weights(model, path):
+def load_lora_weights(model: keras.Model, path: str | os.PathLike) -> keras.Model:
     """Loads adapters written by `save_lora_weights` (or PEFT, same layout) into `model`.
 
     LoRA is enabled with the file's rank, alpha and targets when the model has none yet; a model

@@ -11,6 +11,7 @@ before the softmax, so the loss is float32 under any dtype policy.
 """
 
 import collections
+from typing import Any
 
 from keras import ops
 
@@ -26,7 +27,7 @@ count: labelled positions (unweighted).
 """
 
 
-def shift_labels(labels):
+def shift_labels(labels: Any) -> Any:
     """Labels for next-token prediction: position t is scored on labels[t + 1] (the last on nothing).
 
     int [batch, seq] -> int32 [batch, seq], -100 in the last column. Shifting the labels, not the
@@ -54,7 +55,7 @@ TARGETS = {
 }
 
 
-def label_weights(task, labels, sample_weight=None, class_weight=None):
+def label_weights(task: str, labels: Any, sample_weight: Any = None, class_weight: Any = None) -> tuple[Any, Any]:
     """What each position of a batch counts for in the loss of the head `task` (a key of `TARGETS`).
 
     Needs no logits, so a training step can tell a batch with nothing to learn before running it.
@@ -81,7 +82,9 @@ def label_weights(task, labels, sample_weight=None, class_weight=None):
     return targets, weight
 
 
-def statistics(task, labels, logits, sample_weight=None, class_weight=None):
+def statistics(
+    task: str, labels: Any, logits: Any, sample_weight: Any = None, class_weight: Any = None
+) -> TokenStatistics:
     """The `TokenStatistics` of one batch for the head `task` (see `label_weights` for the
     arguments); logits: `[batch, seq, classes]` (`[batch, classes]` for sequence classification),
     any float dtype. The causal LM's are HF's `MistralForCausalLM(labels=...)`: logits at t
@@ -100,7 +103,7 @@ def statistics(task, labels, logits, sample_weight=None, class_weight=None):
     )
 
 
-def causal_lm_loss(labels, logits, sample_weight=None):
+def causal_lm_loss(labels: Any, logits: Any, sample_weight: Any = None) -> Any:
     """Mean next-token cross-entropy over labelled positions, float32 scalar (HF's loss).
 
     NaN when no position is labelled: a mean over nothing (PyTorch's, hence HF's, is NaN too),

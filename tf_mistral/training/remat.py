@@ -14,10 +14,11 @@ around model construction does work (the MLPs take one positional input), which 
 activations only.
 """
 
+import keras
 import tensorflow as tf
 
 
-def rematerialize(model):
+def rematerialize(model: keras.Model) -> keras.Model:
     """Recompute every decoder layer's activations in the backward pass. Returns the model.
 
     The model keeps its whole `call` (labels, output_hidden_states, ...): a layer recomputes in

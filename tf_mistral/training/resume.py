@@ -25,6 +25,7 @@ Multi-worker: give each worker its own `backup_dir` (or write from the chief onl
 import json
 import os
 import shutil
+from typing import Any
 
 import keras
 import numpy as np
@@ -46,7 +47,7 @@ def _state_variables(model):
     return variables
 
 
-def save_training_state(model, path):
+def save_training_state(model: keras.Model, path: str | os.PathLike) -> None:
     """Writes every model and optimizer variable to one safetensors file at `path`."""
     arrays = {}
     for i, variable in enumerate(_state_variables(model)):
@@ -54,7 +55,7 @@ def save_training_state(model, path):
     safetensors_io.write_tensors(path, arrays)
 
 
-def load_training_state(model, path):
+def load_training_state(model: keras.Model, path: str | os.PathLike) -> None:
     """Restores the variables written by `save_training_state`, checking count, shapes and dtypes."""
     stored = safetensors_io.SafetensorsFile(path)
     names = sorted(stored.tensors)
@@ -86,7 +87,10 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
         delete_checkpoint: remove `backup_dir` when `fit` completes.
     """
 
-    def __init__(self, backup_dir, save_freq="epoch", double_checkpoint=True, delete_checkpoint=True):
+    def __init__(
+        self, backup_dir: str, save_freq: str | int = "epoch", double_checkpoint: bool = True,
+        delete_checkpoint: bool = True,
+    ) -> None:
         super().__init__(backup_dir, save_freq=save_freq, double_checkpoint=double_checkpoint,
                          delete_checkpoint=delete_checkpoint)
         self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="resume_epoch")
@@ -94,7 +98,7 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
         self._skipped = 0  # batches of the current epoch done before this run (restored epoch only)
         self._batches_done = 0  # in the current epoch, including skipped ones
 
-    def dataset(self, dataset):
+    def dataset(self, dataset: tf.data.Dataset) -> tf.data.Dataset:
         """`dataset` without the batches of the current epoch that the restored checkpoint had
         already trained. Its order must depend on the epoch only: build it with
         `epoch=self.epoch` (the data helpers in `tf_mistral.training.data` take it).
@@ -112,7 +116,7 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
 
     # ---- Keras hooks ----------------------------------------------------------------------------
 
-    def on_train_begin(self, logs=None):
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
         self._skipped = 0
         self.skip.assign(0)
         if os.path.isdir(self.backup_dir):  # a save interrupted by a crash
@@ -134,11 +138,11 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
             self.skip.assign(metadata["batches"])
             return
 
-    def on_epoch_begin(self, epoch, logs=None):
+    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         self.epoch.assign(epoch)
         self._current_epoch = epoch
 
-    def on_epoch_end(self, epoch, logs=None):
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         self._current_epoch = epoch + 1
         self._skipped = 0
         self.skip.assign(0)
@@ -147,7 +151,7 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
         if self.save_freq == "epoch":
             self._save_model()
 
-    def on_train_batch_end(self, batch, logs=None):
+    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         self._batches_done = self._skipped + batch + 1
         if self._should_save_on_batch(batch):
             self._save_model()

@@ -24,6 +24,10 @@ gradient accumulation and `tf.distribute` strategies run as in any Keras model.
   stops with an error naming the batch when the learning rate or the loss stops being finite.
 """
 
+from collections.abc import Iterable, Mapping, Sequence
+import os
+from typing import Any
+
 import keras
 from keras import ops
 import numpy as np
@@ -92,7 +96,9 @@ def _run_if(condition, function, *args):
     context.merge_call(cross_replica, args=(condition, *args))
 
 
-def class_weight_vector(class_weight, num_labels):
+def class_weight_vector(
+    class_weight: Mapping[int, float] | Sequence[float] | np.ndarray, num_labels: int
+) -> np.ndarray:
     """float32 `[num_labels]` from a dict `{class: weight}` (missing classes weigh 1) or a sequence."""
     if isinstance(class_weight, dict):
         bad = [k for k in class_weight if not 0 <= int(k) < num_labels]
@@ -131,7 +137,10 @@ class TrainingMixin:
 
     training_task = None
 
-    def compile(self, optimizer="adamw", loss=None, metrics=None, class_weight=None, **kwargs):
+    def compile(
+        self, optimizer: str | keras.optimizers.Optimizer = "adamw", loss: Any = None, metrics: list[Any] | None = None,
+        class_weight: Mapping[int, float] | Sequence[float] | np.ndarray | None = None, **kwargs: Any,
+    ) -> None:
         """Keras `compile`, with the head's loss and metrics when `loss` / `metrics` are None.
 
         Args:
@@ -161,7 +170,10 @@ class TrainingMixin:
             class_weight=class_weight,
         )
 
-    def fit(self, x=None, y=None, *args, callbacks=None, validation_data=None, **kwargs):
+    def fit(
+        self, x: Any = None, y: Any = None, *args: Any, callbacks: list[keras.callbacks.Callback] | None = None,
+        validation_data: Any = None, **kwargs: Any,
+    ) -> keras.callbacks.History:
         """Keras `fit`, with the guards of `training.checks`.
 
         - An id or label of `x` / `y` / `validation_data` outside the model's ranges: ValueError
@@ -194,14 +206,14 @@ class TrainingMixin:
         return x, y
 
     @property
-    def metrics(self):
+    def metrics(self) -> list[keras.metrics.Metric]:
         defaults = getattr(self, "_training_defaults", None)
         if defaults is None:
             return super().metrics
         counted = [defaults.counted] if defaults.counted is not None else []
         return super().metrics + [metric for metric, _ in defaults.metrics] + counted
 
-    def get_metrics_result(self):
+    def get_metrics_result(self) -> dict[str, Any]:
         """Keras' metric results; `loss` is NaN while the labelled-position count is 0 (every batch
         so far skipped as empty), where Keras' mean over no batch would report a perfect 0."""
         results = super().get_metrics_result()
@@ -210,7 +222,9 @@ class TrainingMixin:
             results["loss"] = ops.where(defaults.counted.result() > 0, results["loss"], float("nan"))
         return results
 
-    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+    def compute_loss(
+        self, x: Any = None, y: Any = None, y_pred: Any = None, sample_weight: Any = None, training: bool = True
+    ) -> tf.Tensor:
         logits = _logits(y_pred)
         defaults = self._training_defaults
         if not defaults.default_loss:
@@ -226,10 +240,10 @@ class TrainingMixin:
             loss = loss + self._aggregate_additional_loss(extra)
         return loss
 
-    def compute_metrics(self, x, y, y_pred, sample_weight=None):
+    def compute_metrics(self, x: Any, y: Any, y_pred: Any, sample_weight: Any = None) -> dict[str, Any]:
         return super().compute_metrics(x, _given_labels(x, y), _logits(y_pred), sample_weight=sample_weight)
 
-    def train_step(self, data):
+    def train_step(self, data: Any) -> dict[str, Any]:
         """Keras' train step, run only once its batch has arrived, and only if it has labels.
 
         After the last batch of a dataset whose length tf.data cannot know (packing, bucketing,
@@ -242,7 +256,7 @@ class TrainingMixin:
         """
         return self._step_if_labelled(super().train_step, data)
 
-    def test_step(self, data):
+    def test_step(self, data: Any) -> dict[str, Any]:
         """Keras' test step; with the default loss, a batch with no labelled position is left out."""
         return self._step_if_labelled(super().test_step, data)
 
@@ -279,15 +293,18 @@ class TrainingMixin:
 
     # ---- LoRA -----------------------------------------------------------------------------------
 
-    def enable_lora(self, rank, target_modules=lora.DEFAULT_TARGETS, lora_alpha=None):
+    def enable_lora(
+        self, rank: int, target_modules: str | Iterable[str] | None = lora.DEFAULT_TARGETS,
+        lora_alpha: float | None = None,
+    ) -> keras.Model:
         """LoRA on the chosen projections; everything else frozen. See `training.lora.enable_lora`."""
         return lora.enable_lora(self, rank, target_modules, lora_alpha)
 
-    def save_lora_weights(self, path):
+    def save_lora_weights(self, path: str | os.PathLike) -> None:
         """Writes the LoRA adapters to the folder `path` (PEFT layout); `save_pretrained` merges instead."""
         lora.save_lora_weights(self, path)
 
-    def load_lora_weights(self, path):
+    def load_lora_weights(self, path: str | os.PathLike) -> keras.Model:
         """Loads adapters from `save_lora_weights`, enabling LoRA to match when needed."""
         return lora.load_lora_weights(self, path)
 
