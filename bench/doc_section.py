@@ -1,6 +1,7 @@
 """Writes a benchmark's table into its docs page, between two marker comments."""
 
 import os
+import sys
 
 
 def replace_section(path, begin, end, text, heading=""):
@@ -17,3 +18,11 @@ def replace_section(path, begin, end, text, heading=""):
     tail = rest.split(end, 1)[1]
     with open(path, "w", encoding="utf-8") as f:
         f.write(f"{head}{begin}\n{text.rstrip()}\n{end}{tail}")
+
+
+def publish(path, begin, end, text, heading="", argv=None):
+    """Prints `text` and, unless `--no-doc` is among `argv` (default sys.argv), puts it into the
+    doc `path` between the `begin` / `end` markers (`replace_section`)."""
+    if "--no-doc" not in (sys.argv if argv is None else argv):
+        replace_section(path, begin, end, text, heading)
+    print(text)

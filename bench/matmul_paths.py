@@ -23,7 +23,7 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from doc_section import replace_section
+from doc_section import publish
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DOC = os.path.join(HERE, "..", "docs", "benchmarks.md")
@@ -115,10 +115,7 @@ def main():
     lines += ["", "The chain in an XLA `while_loop`:", ""]
     lines += loop_table([1] if quick else [1, 8])
     lines += ["", f"Command: `{COMMAND}{' --quick' if quick else ''}`"]
-    text = "\n".join(lines)
-    if "--no-doc" not in sys.argv:
-        replace_section(DOC, BEGIN, END, text, heading="### Matmul paths\n\n")
-    print(text)
+    publish(DOC, BEGIN, END, "\n".join(lines), heading="### Matmul paths\n\n")
 
 
 if __name__ == "__main__":
